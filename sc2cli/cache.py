@@ -1,0 +1,137 @@
+"""KV cache allocated once per run, and the attention masks it implies.
+
+Keys are stored after rotary, as in the reference. Columns (time steps shared by the whole batch) are written to
+slot `column % capacity`; with a sliding window of W the capacity is W, so memory is bounded by the window however
+long the run. Each slot remembers which column it holds and, per row, whether that column was padding; the mask
+is computed from that bookkeeping, so the window is enforced in prefill and in decode alike (spec §1.4: a query at
+column i sees keys j with i - W < j <= i).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .config import Starcoder2Config
+
+
+def attention_mask(
+    query_columns: Tensor, key_columns: Tensor, key_valid: Tensor | None, window: int | None, dtype: torch.dtype
+) -> Tensor:
+    """Additive mask (B or 1, 1, Q, K): 0 where allowed, the dtype's minimum where not (as the reference's eager).
+
+    `key_columns` holds -1 for empty slots; `key_valid` (B, K) is False for padding.
+    """
+    q = query_columns[:, None]
+    k = key_columns[None, :]
+    allowed = (k >= 0) & (k <= q)
+    if window is not None:
+        allowed &= k > q - window
+    allowed = allowed[None, None]
+    if key_valid is not None:
+        allowed = allowed & key_valid[:, None, None, :]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+class KVCache:
+    """Per-layer key/value ring buffers of shape (layers, B, kv_heads, capacity, head_dim)."""
+
+    def __init__(
+        self,
+        config: Starcoder2Config,
+        batch_size: int,
+        max_length: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        window = config.sliding_window
+        self.window = window
+        self.capacity = min(max_length, window) if window is not None else max_length
+        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, self.capacity, config.head_size)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.slot_columns = torch.full((self.capacity,), -1, dtype=torch.long, device=device)
+        self.slot_valid = torch.ones((batch_size, self.capacity), dtype=torch.bool, device=device)
+        self.max_length = max_length
+        self.seen = 0  # columns written so far (host-side, so no device sync is needed to read it)
+        self._step: _Step | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+    def begin(self, num_new: int, valid: Tensor | None, dtype: torch.dtype) -> Tensor:
+        """Prepare to append `num_new` columns (validity `valid` (B, num_new) or None) and return their mask."""
+        if self.seen + num_new > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions; {self.seen + num_new} requested")
+        device = self.keys.device
+        start = self.seen
+        new_columns = torch.arange(start, start + num_new, device=device)
+        new_valid = valid.bool() if valid is not None else torch.ones(
+            (self.batch_size, num_new), dtype=torch.bool, device=device
+        )
+        slots = new_columns % self.capacity
+        # Writing first is safe when nothing a query needs gets overwritten: a single new column (it replaces
+        # the one just outside the window) or no wrap-around at all.
+        write_first = num_new == 1 or start + num_new <= self.capacity
+        if write_first:
+            self.slot_columns[slots] = new_columns
+            self.slot_valid[:, slots] = new_valid
+            used = min(start + num_new, self.capacity)
+            key_columns, key_valid = self.slot_columns[:used], self.slot_valid[:, :used]
+        else:
+            # A chunk that wraps: attend over the old ring plus the new columns, then keep the last `capacity`.
+            key_columns = torch.cat([self.slot_columns, new_columns])
+            key_valid = torch.cat([self.slot_valid, new_valid], dim=1)
+        self._step = _Step(start, num_new, slots, new_columns, new_valid, write_first)
+        return attention_mask(new_columns, key_columns, key_valid, self.window, dtype)
+
+    def update(self, layer: int, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Store this layer's new keys/values (B, kv_heads, num_new, D); return what the queries attend over."""
+        step = self._step
+        k_cache, v_cache = self.keys[layer], self.values[layer]
+        if step.write_first:
+            if step.num_new == 1 or step.start + step.num_new <= self.capacity:
+                lo = step.start % self.capacity
+                k_cache[:, :, lo:lo + step.num_new] = key
+                v_cache[:, :, lo:lo + step.num_new] = value
+            used = min(step.start + step.num_new, self.capacity)
+            return k_cache[:, :, :used], v_cache[:, :, :used]
+        keys = torch.cat([k_cache, key], dim=2)
+        values = torch.cat([v_cache, value], dim=2)
+        keep = slice(step.num_new - self.capacity, None) if step.num_new > self.capacity else slice(None)
+        k_cache[:, :, step.slots[keep]] = key[:, :, keep]
+        v_cache[:, :, step.slots[keep]] = value[:, :, keep]
+        return keys, values
+
+    def end(self) -> None:
+        """Finish the step begun by `begin` (after every layer has called `update`)."""
+        step = self._step
+        if not step.write_first:
+            keep = slice(step.num_new - self.capacity, None) if step.num_new > self.capacity else slice(None)
+            self.slot_columns[step.slots[keep]] = step.columns[keep]
+            self.slot_valid[:, step.slots[keep]] = step.valid[:, keep]
+        self.seen += step.num_new
+        self._step = None
+
+    def positions_held(self) -> int:
+        return int((self.slot_columns >= 0).sum())
+
+    def repeat_rows(self, n: int) -> "KVCache":
+        """A cache whose rows are each row of this one repeated n times (n samples share one prefill)."""
+        clone = object.__new__(KVCache)
+        clone.__dict__.update(self.__dict__)
+        clone.keys = self.keys.repeat_interleave(n, dim=1)
+        clone.values = self.values.repeat_interleave(n, dim=1)
+        clone.slot_columns = self.slot_columns.clone()
+        clone.slot_valid = self.slot_valid.repeat_interleave(n, dim=0)
+        return clone
+
+
+class _Step:
+    __slots__ = ("start", "num_new", "slots", "columns", "valid", "write_first")
+
+    def __init__(self, start, num_new, slots, columns, valid, write_first):
+        self.start, self.num_new, self.slots = start, num_new, slots
+        self.columns, self.valid, self.write_first = columns, valid, write_first

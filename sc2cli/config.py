@@ -1,0 +1,274 @@
+"""Starcoder2Config: the reference's fields and defaults, read from and written to config.json.
+
+Both rope spellings are accepted: transformers 4.x (top-level `rope_theta` + `rope_scaling`) and 5.x
+(`rope_parameters` with `rope_theta` inside). Internally the 5.x form is kept; `to_dict` writes both, so either
+generation of transformers loads what we save. Unknown keys are kept and written back unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+DEFAULT_THETA = 10000.0
+
+# Field -> default, exactly as the reference class (spec §1.1). Order is the order written to config.json.
+DEFAULTS: dict[str, Any] = {
+    "vocab_size": 49152,
+    "hidden_size": 3072,
+    "intermediate_size": 12288,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 24,
+    "num_key_value_heads": 2,
+    "hidden_act": "gelu_pytorch_tanh",
+    "max_position_embeddings": 4096,
+    "initializer_range": 0.018042,
+    "norm_epsilon": 1e-5,
+    "use_cache": True,
+    "bos_token_id": 50256,
+    "eos_token_id": 50256,
+    "pad_token_id": None,
+    "sliding_window": None,
+    "attention_dropout": 0.0,
+    "residual_dropout": 0.0,
+    "embedding_dropout": 0.0,
+    "use_bias": True,
+    "tie_word_embeddings": True,
+    "problem_type": None,
+}
+
+POSITIVE_INT_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+)
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+
+# Required keys per rope type (spec §1.2); rope_theta is always filled in.
+ROPE_REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "linear": ("factor",),
+    "dynamic": ("factor",),
+    "yarn": ("factor",),
+    "longrope": ("short_factor", "long_factor"),
+    "llama3": ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"),
+}
+# Rope types whose pretraining length defaults to max_position_embeddings (v5 standardisation).
+ROPE_WITH_ORIGINAL_LENGTH = ("yarn", "longrope", "llama3")
+
+# Keys a checkpoint may carry that must never influence what we run.
+IGNORED_KEYS = ("auto_map",)
+
+
+class Starcoder2Config:
+    """Configuration of a StarCoder2 model; attribute names are the config.json keys."""
+
+    model_type = "starcoder2"
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs = copy.deepcopy(kwargs)
+        kwargs.pop("model_type", None)
+        for key in IGNORED_KEYS:
+            kwargs.pop(key, None)
+        for name, default in DEFAULTS.items():
+            setattr(self, name, kwargs.pop(name, default))
+        self.rope_parameters = _standardize_rope(
+            rope_parameters=kwargs.pop("rope_parameters", None),
+            rope_scaling=kwargs.pop("rope_scaling", None),
+            rope_theta=kwargs.pop("rope_theta", None),
+            max_position_embeddings=self.max_position_embeddings,
+            original_max_position_embeddings=kwargs.get("original_max_position_embeddings"),
+        )
+        self.head_dim = kwargs.pop("head_dim", None)
+        self._set_labels(kwargs.pop("id2label", None), kwargs.pop("num_labels", None))
+        kwargs.pop("label2id", None)  # always derived from id2label
+        # Unknown keys become attributes, as in the reference, and are saved back.
+        self.extra_keys = list(kwargs)
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+        self.validate()
+
+    # ---- derived values -------------------------------------------------------------------------------------
+    @property
+    def head_size(self) -> int:
+        """Per-head width: an explicit `head_dim` key wins, as in the reference."""
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_key_value_groups(self) -> int:
+        return self.num_attention_heads // self.num_key_value_heads
+
+    @property
+    def rope_type(self) -> str:
+        return self.rope_parameters["rope_type"]
+
+    @property
+    def rope_theta(self) -> float:
+        return self.rope_parameters["rope_theta"]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: i for i, label in self.id2label.items()}
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        eos = self.eos_token_id
+        if eos is None:
+            return []
+        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+    def _set_labels(self, id2label: dict | None, num_labels: int | None) -> None:
+        if id2label:
+            self.id2label = {int(k): str(v) for k, v in id2label.items()}
+        else:
+            n = 2 if num_labels is None else int(num_labels)
+            self.id2label = {i: f"LABEL_{i}" for i in range(n)}
+
+    # ---- validation -----------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        for name in POSITIVE_INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"config field '{name}' must be a positive integer, got {value!r}")
+        if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim <= 0):
+            raise ValueError(f"config field 'head_dim' must be a positive integer, got {self.head_dim!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"config field 'num_attention_heads' ({self.num_attention_heads}) must be divisible by "
+                f"'num_key_value_heads' ({self.num_key_value_heads})"
+            )
+        if self.head_size % 2:
+            raise ValueError(f"config field 'head_dim' must be even for rotary embeddings, got {self.head_size}")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window <= 0):
+            raise ValueError(f"config field 'sliding_window' must be a positive integer or null, got {self.sliding_window!r}")
+        if self.hidden_act not in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu"):
+            raise ValueError(f"config field 'hidden_act' has unsupported value {self.hidden_act!r}")
+        for name in ("attention_dropout", "residual_dropout", "embedding_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"config field '{name}' must be a probability in [0, 1], got {value!r}")
+        if not isinstance(self.norm_epsilon, (int, float)) or self.norm_epsilon <= 0:
+            raise ValueError(f"config field 'norm_epsilon' must be positive, got {self.norm_epsilon!r}")
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"config field 'problem_type' must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
+        _validate_rope(self.rope_parameters, self.head_size)
+
+    # ---- (de)serialisation ----------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Starcoder2Config":
+        model_type = data.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ValueError(f"config field 'model_type' is {model_type!r}; sc2 runs only 'starcoder2' checkpoints")
+        return cls(**data)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "Starcoder2Config":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not UTF-8 text") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a JSON object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "Starcoder2Config":
+        path = Path(directory)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no config.json in {directory}")
+        return cls.from_json_file(path)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"model_type": self.model_type}
+        data.update({name: getattr(self, name) for name in DEFAULTS})
+        if self.head_dim is not None:
+            data["head_dim"] = self.head_dim
+        # Written in both spellings: 5.x reads rope_parameters, 4.x reads rope_theta/rope_scaling.
+        data["rope_parameters"] = copy.deepcopy(self.rope_parameters)
+        data["rope_theta"] = self.rope_theta
+        scaling = {k: v for k, v in self.rope_parameters.items() if k != "rope_theta"}
+        data["rope_scaling"] = scaling if self.rope_type != "default" else None
+        data["id2label"] = {str(i): label for i, label in self.id2label.items()}
+        data["label2id"] = self.label2id
+        for key in self.extra_keys:
+            data[key] = copy.deepcopy(getattr(self, key))
+        return data
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "config.json"
+        path.write_text(self.to_json_string(), encoding="utf-8")
+        return path
+
+    def copy(self, **changes: Any) -> "Starcoder2Config":
+        data = self.to_dict()
+        if changes.keys() & {"rope_theta", "rope_scaling"} or "rope_parameters" in changes:
+            data.pop("rope_parameters")
+            data.pop("rope_scaling")
+            data.pop("rope_theta")
+            changes.setdefault("rope_theta", self.rope_theta)
+        data.update(changes)
+        return Starcoder2Config.from_dict(data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Starcoder2Config) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Starcoder2Config({self.to_json_string()})"
+
+
+def _standardize_rope(
+    rope_parameters: dict | None,
+    rope_scaling: dict | None,
+    rope_theta: float | None,
+    max_position_embeddings: int,
+    original_max_position_embeddings: int | None,
+) -> dict[str, Any]:
+    """One dict with rope_type and rope_theta always present; values in the dict win over legacy keys."""
+    params = dict(rope_scaling or rope_parameters or {})
+    if not isinstance(params, dict):
+        raise ValueError("config field 'rope_parameters' must be a JSON object")
+    params.setdefault("rope_theta", DEFAULT_THETA if rope_theta is None else rope_theta)
+    params.setdefault("rope_type", params.get("type", "default"))
+    params.pop("type", None)
+    if params["rope_type"] in ROPE_WITH_ORIGINAL_LENGTH:
+        if original_max_position_embeddings is not None:  # Phi-3 style top-level key takes priority
+            params["original_max_position_embeddings"] = original_max_position_embeddings
+        else:
+            params.setdefault("original_max_position_embeddings", max_position_embeddings)
+    return params
+
+
+def _validate_rope(params: dict[str, Any], head_size: int) -> None:
+    rope_type = params["rope_type"]
+    if rope_type not in ROPE_REQUIRED_KEYS:
+        known = ", ".join(ROPE_REQUIRED_KEYS)
+        raise ValueError(f"config field 'rope_parameters.rope_type' is {rope_type!r}; known types: {known}")
+    missing = [key for key in ROPE_REQUIRED_KEYS[rope_type] if params.get(key) is None]
+    if missing:
+        raise ValueError(f"config field 'rope_parameters' of type {rope_type!r} is missing {', '.join(missing)}")
+    theta = params["rope_theta"]
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0 or not math.isfinite(theta):
+        raise ValueError(f"config field 'rope_theta' must be a positive number, got {theta!r}")
+    factor = params.get("factor")
+    if factor is not None and (not isinstance(factor, (int, float)) or factor <= 0):
+        raise ValueError(f"config field 'rope_parameters.factor' must be a positive number, got {factor!r}")
+    if rope_type == "longrope":
+        for key in ("short_factor", "long_factor"):
+            if not isinstance(params[key], list) or len(params[key]) != head_size // 2:
+                raise ValueError(f"config field 'rope_parameters.{key}' must be a list of {head_size // 2} numbers")

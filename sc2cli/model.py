@@ -1,0 +1,253 @@
+"""StarCoder2 in plain PyTorch: `Starcoder2Model` and `Starcoder2ForCausalLM`.
+
+Architecture (spec §2-3): token embeddings; pre-LayerNorm decoder layers with biased q/k/v/o projections,
+grouped-query attention, half-split rotary embeddings and an optional sliding window; a GELU(tanh) MLP with
+c_fc/c_proj; a final LayerNorm; an lm_head tied to the embeddings unless `tie_word_embeddings` is false.
+Module names equal the checkpoint keys, so transformers checkpoints load without a mapping table.
+The model reads no files and samples nothing: it maps (ids, positions, cache) to logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cache import KVCache, attention_mask
+from .config import Starcoder2Config
+from .rope import RotaryEmbedding, apply_rotary
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor | None = None
+    last_hidden_state: Tensor | None = None
+    loss: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    cache: KVCache | None = None
+
+
+class Starcoder2Attention(nn.Module):
+    def __init__(self, config: Starcoder2Config, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_size
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.residual_dropout = config.residual_dropout
+        bias = config.use_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+        batch, length, _ = x.shape
+        q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, n, S, D)
+        k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, S, D)
+        v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        out = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            scale=self.scaling,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )
+        out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+        return F.dropout(self.o_proj(out), p=self.residual_dropout, training=self.training)
+
+
+class Starcoder2MLP(nn.Module):
+    def __init__(self, config: Starcoder2Config) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.use_bias)
+        self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.use_bias)
+        self.residual_dropout = config.residual_dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return F.dropout(x, p=self.residual_dropout, training=self.training)
+
+
+class Starcoder2DecoderLayer(nn.Module):
+    def __init__(self, config: Starcoder2Config, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.norm_epsilon)
+        self.self_attn = Starcoder2Attention(config, layer_idx)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.norm_epsilon)
+        self.mlp = Starcoder2MLP(config)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Starcoder2PreTrainedModel(nn.Module):
+    """Shared loading, saving and initialisation (see `weights.py`)."""
+
+    config_class = Starcoder2Config
+
+    def __init__(self, config: Starcoder2Config) -> None:
+        super().__init__()
+        self.config = config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def init_weights(self) -> None:
+        """The reference's initialisation: normal(0, initializer_range) weights, zero biases, unit norms."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.padding_idx is not None:
+                    module.weight.data[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, RotaryEmbedding):
+                module.reset_parameters()
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        pass
+
+    @classmethod
+    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device: torch.device | str | None = None, **overrides):
+        from .weights import load_pretrained
+
+        return load_pretrained(cls, path, dtype=dtype, device=device, **overrides)
+
+    def save_pretrained(self, directory, max_shard_size: int | str = "5GB") -> None:
+        from .weights import save_pretrained
+
+        save_pretrained(self, directory, max_shard_size=max_shard_size)
+
+    def num_parameters(self) -> int:
+        """Unique parameters (a tied lm_head counts once)."""
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+
+class Starcoder2Model(Starcoder2PreTrainedModel):
+    base_model_prefix = ""
+
+    def __init__(self, config: Starcoder2Config) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(Starcoder2DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_epsilon)
+        self.rotary_emb = RotaryEmbedding(config)
+        self.embedding_dropout = config.embedding_dropout
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        cache: KVCache | None = None,
+        output_hidden_states: bool = False,
+        **_: object,
+    ) -> ModelOutput:
+        """attention_mask: (B, S) padding mask of the new tokens (1 = real); earlier columns live in the cache."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        batch, length = x.shape[:2]
+        if attention_mask is not None and attention_mask.shape[-1] != length:
+            # The reference takes a mask over past + new columns; only the new ones are not yet in the cache.
+            attention_mask = attention_mask[:, -length:]
+        past = cache.seen if cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + length, device=x.device)[None]
+        if cache is not None:
+            mask = cache.begin(length, attention_mask, x.dtype)
+        else:
+            columns = torch.arange(length, device=x.device)
+            mask = attention_mask_for(columns, attention_mask, self.config.sliding_window, x.dtype)
+        x = F.dropout(x, p=self.embedding_dropout, training=self.training)
+        cos, sin = self.rotary_emb(position_ids, x.dtype)
+        hidden_states = [x] if output_hidden_states else None
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache)
+            if hidden_states is not None:
+                hidden_states.append(x)
+        if cache is not None:
+            cache.end()
+        x = self.norm(x)
+        if hidden_states is not None:
+            hidden_states[-1] = x  # the reference reports the final-normed state as the last entry
+        return ModelOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            cache=cache,
+        )
+
+
+def attention_mask_for(columns: Tensor, padding: Tensor | None, window: int | None, dtype: torch.dtype) -> Tensor:
+    """Mask of an uncached forward over `columns` (causal, windowed, with optional (B, S) padding)."""
+    return attention_mask(columns, columns, padding.bool() if padding is not None else None, window, dtype)
+
+
+class Starcoder2ForCausalLM(Starcoder2PreTrainedModel):
+    base_model_prefix = "model"
+
+    def __init__(self, config: Starcoder2Config) -> None:
+        super().__init__(config)
+        self.model = Starcoder2Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        cache: KVCache | None = None,
+        output_hidden_states: bool = False,
+        logits_to_keep: int | Tensor = 0,
+        num_items_in_batch: int | Tensor | None = None,
+        **_: object,
+    ) -> ModelOutput:
+        out = self.model(
+            input_ids, attention_mask, position_ids, inputs_embeds, cache, output_hidden_states=output_hidden_states
+        )
+        x = out.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        out.logits = self.lm_head(x[:, keep, :])
+        if labels is not None:
+            out.loss = causal_lm_loss(out.logits, labels, num_items_in_batch)
+        return out
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor, num_items_in_batch: int | Tensor | None = None) -> Tensor:
+    """Token t predicts token t+1; -100 labels are ignored; computed in float32 (spec §3.8)."""
+    logits = logits.float()
+    labels = F.pad(labels, (0, 1), value=-100)[..., 1:].to(logits.device)
+    reduction = "sum" if num_items_in_batch is not None else "mean"
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction=reduction)
+    if num_items_in_batch is not None:
+        loss = loss / num_items_in_batch
+    return loss
