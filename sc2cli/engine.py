@@ -1,0 +1,202 @@
+"""Generation: chunked prefill into a preallocated KV cache, then token-by-token decode, streamed as `Step`s.
+
+`stream(...)` is the one loop every command consumes; `generate(...)` collects it into `Completion`s.
+Prompts are token ids (the engine never sees raw text except to match stop strings on decoded output).
+Several prompts run as one left-padded batch with positions taken from the padding mask, so each row yields
+exactly what it yields alone; `num_samples` copies of each prompt share one prefill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .cache import KVCache
+from .sampling import SamplingParams, make_generator, process_logits, sample, token_logprobs
+from .stopping import StopStringMatcher
+from .tokenizer import IncrementalDetokenizer, Tokenizer
+
+DEFAULT_PREFILL_CHUNK = 512
+
+
+@dataclass
+class Step:
+    """One generated token of one row. `text` is the new, final text (stop strings and special tokens removed)."""
+
+    row: int
+    token: int
+    text: str
+    logprob: float
+    finish_reason: str | None = None  # "stop" or "length" on the row's last step
+
+
+@dataclass
+class Completion:
+    row: int
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    logprob: float = 0.0  # sum over generated tokens (stop token included)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.logprob / max(1, len(self.tokens))
+
+
+@dataclass(frozen=True)
+class StopConditions:
+    token_ids: frozenset[int] = frozenset()
+    strings: tuple[str, ...] = ()
+    max_new_tokens: int = 128
+    context_limit: int | None = None  # total positions (prompt + generated) the model may use
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+            mask[row, width - len(prompt):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def prefill(model, ids: Tensor, mask: Tensor, cache: KVCache, chunk_size: int = DEFAULT_PREFILL_CHUNK) -> Tensor:
+    """Run the prompt through the model in chunks; returns the last position's logits (B, V).
+
+    Chunking bounds the attention memory of long prompts: each chunk attends over at most the window
+    (or the cache) plus itself.
+    """
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = None
+    for start in range(0, ids.shape[1], chunk_size):
+        cols = slice(start, start + chunk_size)
+        logits = model(ids[:, cols], attention_mask=mask[:, cols], position_ids=positions[:, cols], cache=cache,
+                       logits_to_keep=1).logits
+    return logits[:, -1]
+
+
+def stream(
+    model,
+    tokenizer: Tokenizer | None,
+    prompts: Sequence[Sequence[int]],
+    sampling: SamplingParams = SamplingParams(),
+    stop: StopConditions = StopConditions(),
+    num_samples: int = 1,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    generator: torch.Generator | None = None,
+) -> Iterator[Step]:
+    """Yield `Step`s for every row (row = prompt_index * num_samples + sample_index) until each row stops."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    if num_samples < 1:
+        raise ValueError("num_samples must be at least 1")
+    if stop.max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    config = model.config
+    device = model.device
+    longest = max(len(p) for p in prompts)
+    limit = stop.context_limit or config.max_position_embeddings
+    if longest >= limit:
+        raise ValueError(f"prompt of {longest} tokens leaves no room in a context of {limit}")
+    new_tokens = min(stop.max_new_tokens, limit - longest)
+    pad_id = config.pad_token_id if config.pad_token_id is not None else (config.eos_token_ids or [0])[0]
+
+    ids, mask = _left_pad(prompts, pad_id, device)
+    cache = KVCache(config, len(prompts), ids.shape[1] + new_tokens, dtype=model.dtype, device=device)
+    with torch.inference_mode():
+        logits = prefill(model, ids, mask, cache, prefill_chunk)
+    if num_samples > 1:
+        cache = cache.repeat_rows(num_samples)
+        logits = logits.repeat_interleave(num_samples, dim=0)
+        ids = ids.repeat_interleave(num_samples, dim=0)
+        mask = mask.repeat_interleave(num_samples, dim=0)
+    rows = ids.shape[0]
+    if generator is None:
+        generator = make_generator(sampling.seed, device)
+
+    # Every token seen so far (prompt + generated), preallocated, for the repetition penalty.
+    seen = torch.cat([ids, torch.full((rows, new_tokens), pad_id, dtype=torch.long, device=device)], dim=1)
+    seen_mask = torch.cat([mask.bool(), torch.zeros((rows, new_tokens), dtype=torch.bool, device=device)], dim=1)
+    width = ids.shape[1]
+    next_position = mask.sum(-1)  # (rows,)
+    prompt_lengths = [len(prompts[r // num_samples]) for r in range(rows)]
+
+    detokenizers = [IncrementalDetokenizer(tokenizer, skip_special_tokens=True) if tokenizer else None for _ in range(rows)]
+    matchers = [StopStringMatcher(stop.strings) for _ in range(rows)]
+    active = [True] * rows
+    step_mask = torch.ones((rows, 1), dtype=torch.long, device=device)
+
+    for t in range(new_tokens):
+        processed = process_logits(logits, sampling, seen[:, :width + t], seen_mask[:, :width + t])
+        chosen = sample(processed, generator, sampling.greedy)
+        logprobs = token_logprobs(processed, chosen)
+        chosen_list, logprob_list = chosen.tolist(), logprobs.tolist()  # one host sync per step
+        seen[:, width + t] = chosen
+        seen_mask[:, width + t] = torch.tensor(active, device=device)
+        last = t == new_tokens - 1
+        for row in range(rows):
+            if not active[row]:
+                continue
+            token = chosen_list[row]
+            if token in stop.token_ids:
+                active[row] = False
+                yield Step(row, token, _flush(detokenizers[row], matchers[row]), logprob_list[row], "stop")
+                continue
+            text = detokenizers[row].add(token) if detokenizers[row] else ""
+            text, hit = matchers[row].feed(text)
+            if hit:
+                active[row] = False
+                yield Step(row, token, text, logprob_list[row], "stop")
+                continue
+            full = prompt_lengths[row] + t + 1 >= limit
+            if last or full:
+                active[row] = False
+                text += _flush(detokenizers[row], matchers[row])
+                yield Step(row, token, text, logprob_list[row], "length")
+                continue
+            yield Step(row, token, text, logprob_list[row])
+        if not any(active):
+            return
+        step_mask[:, 0] = torch.tensor(active, dtype=torch.long, device=device)
+        with torch.inference_mode():
+            logits = model(chosen[:, None], attention_mask=step_mask, position_ids=next_position[:, None],
+                           cache=cache).logits[:, -1]
+        next_position += 1
+
+
+def _flush(detokenizer: IncrementalDetokenizer | None, matcher: StopStringMatcher) -> str:
+    """Text still held back when a row ends (a partial character or a partial stop string)."""
+    tail = detokenizer.flush() if detokenizer else ""
+    text, _ = matcher.feed(tail)
+    return text + matcher.flush()
+
+
+def generate(
+    model,
+    tokenizer: Tokenizer | None,
+    prompts: Sequence[Sequence[int]],
+    sampling: SamplingParams = SamplingParams(),
+    stop: StopConditions = StopConditions(),
+    num_samples: int = 1,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    generator: torch.Generator | None = None,
+) -> list[Completion]:
+    """Collect `stream` into one `Completion` per row."""
+    completions = [
+        Completion(row=r, prompt_tokens=len(prompts[r // num_samples])) for r in range(len(prompts) * num_samples)
+    ]
+    for step in stream(model, tokenizer, prompts, sampling, stop, num_samples, prefill_chunk, generator):
+        c = completions[step.row]
+        c.text += step.text
+        c.logprob += step.logprob
+        if not (step.finish_reason == "stop" and step.token in stop.token_ids):
+            c.tokens.append(step.token)
+        c.finish_reason = step.finish_reason
+    return completions

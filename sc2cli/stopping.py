@@ -1,0 +1,49 @@
+"""Stop strings matched on streamed text, even when a stop string spans several tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class StopStringMatcher:
+    """Holds back just enough text to tell whether a stop string is starting.
+
+    `feed(delta)` returns `(text_to_emit, stopped)`. Once stopped, the stop string and anything after it are
+    dropped; text before it is emitted. Text that could still become a stop string is held until it cannot.
+    """
+
+    def __init__(self, stop_strings: Iterable[str] = ()) -> None:
+        self.stop_strings = tuple(s for s in stop_strings if s)
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, delta: str) -> tuple[str, bool]:
+        if self.stopped:
+            return "", True
+        if not self.stop_strings:
+            return delta, False
+        self.pending += delta
+        hits = [i for i in (self.pending.find(s) for s in self.stop_strings) if i >= 0]
+        if hits:
+            cut = min(hits)
+            text, self.pending, self.stopped = self.pending[:cut], "", True
+            return text, True
+        hold = self._partial_match_length()
+        emit_to = len(self.pending) - hold
+        text, self.pending = self.pending[:emit_to], self.pending[emit_to:]
+        return text, False
+
+    def _partial_match_length(self) -> int:
+        """Length of the longest suffix of `pending` that is a proper prefix of some stop string."""
+        best = 0
+        for s in self.stop_strings:
+            for n in range(min(len(s) - 1, len(self.pending)), best, -1):
+                if self.pending.endswith(s[:n]):
+                    best = n
+                    break
+        return best
+
+    def flush(self) -> str:
+        """At the end of generation, held-back text is no stop string after all."""
+        text, self.pending = ("" if self.stopped else self.pending), ""
+        return text
