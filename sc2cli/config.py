@@ -85,6 +85,9 @@ class Starcoder2Config:
         self._set_labels(kwargs.pop("id2label", None), kwargs.pop("num_labels", None))
         kwargs.pop("label2id", None)  # always derived from id2label
         # Unknown keys become attributes, as in the reference, and are saved back.
+        reserved = [key for key in kwargs if key == "extra_keys" or hasattr(type(self), key)]
+        if reserved:
+            raise ValueError(f"config key {reserved[0]!r} is reserved (a derived value or method), not a setting")
         self.extra_keys = list(kwargs)
         for key, value in kwargs.items():
             setattr(self, key, value)
@@ -124,10 +127,18 @@ class Starcoder2Config:
         return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
     def _set_labels(self, id2label: dict | None, num_labels: int | None) -> None:
-        if id2label:
-            self.id2label = {int(k): str(v) for k, v in id2label.items()}
+        if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 0):
+            raise ValueError(f"config field 'num_labels' must be a non-negative integer, got {num_labels!r}")
+        if id2label is not None and not isinstance(id2label, dict):
+            raise ValueError(f"config field 'id2label' must be a JSON object, got {id2label!r}")
+        # As in the reference, an explicit num_labels that disagrees with id2label rebuilds the LABEL_i names.
+        if id2label is not None and num_labels in (None, len(id2label)):
+            try:
+                self.id2label = {int(k): str(v) for k, v in id2label.items()}
+            except (TypeError, ValueError):
+                raise ValueError(f"config field 'id2label' must map integer ids to labels, got {id2label!r}") from None
         else:
-            n = 2 if num_labels is None else int(num_labels)
+            n = 2 if num_labels is None else num_labels
             self.id2label = {i: f"LABEL_{i}" for i in range(n)}
 
     # ---- validation -----------------------------------------------------------------------------------------
@@ -136,7 +147,8 @@ class Starcoder2Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"config field '{name}' must be a positive integer, got {value!r}")
-        if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim <= 0):
+        head_dim = self.head_dim
+        if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0):
             raise ValueError(f"config field 'head_dim' must be a positive integer, got {self.head_dim!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
@@ -145,7 +157,8 @@ class Starcoder2Config:
             )
         if self.head_size % 2:
             raise ValueError(f"config field 'head_dim' must be even for rotary embeddings, got {self.head_size}")
-        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window <= 0):
+        window = self.sliding_window
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window <= 0):
             raise ValueError(f"config field 'sliding_window' must be a positive integer or null, got {self.sliding_window!r}")
         if self.hidden_act not in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu"):
             raise ValueError(f"config field 'hidden_act' has unsupported value {self.hidden_act!r}")
@@ -157,6 +170,8 @@ class Starcoder2Config:
             raise ValueError(f"config field 'norm_epsilon' must be positive, got {self.norm_epsilon!r}")
         if self.problem_type not in PROBLEM_TYPES:
             raise ValueError(f"config field 'problem_type' must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
+        if self.problem_type == "single_label_classification" and self.num_labels == 1:
+            raise ValueError("config field 'problem_type' 'single_label_classification' needs num_labels > 1")
         _validate_rope(self.rope_parameters, self.head_size)
 
     # ---- (de)serialisation ----------------------------------------------------------------------------------
@@ -240,9 +255,10 @@ def _standardize_rope(
     original_max_position_embeddings: int | None,
 ) -> dict[str, Any]:
     """One dict with rope_type and rope_theta always present; values in the dict win over legacy keys."""
+    for name, value in (("rope_parameters", rope_parameters), ("rope_scaling", rope_scaling)):
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"config field '{name}' must be a JSON object, got {value!r}")
     params = dict(rope_scaling or rope_parameters or {})
-    if not isinstance(params, dict):
-        raise ValueError("config field 'rope_parameters' must be a JSON object")
     params.setdefault("rope_theta", DEFAULT_THETA if rope_theta is None else rope_theta)
     params.setdefault("rope_type", params.get("type", "default"))
     params.pop("type", None)

@@ -8,7 +8,7 @@ exactly what it yields alone; `num_samples` copies of each prompt share one pref
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -187,8 +187,9 @@ def generate(
     num_samples: int = 1,
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     generator: torch.Generator | None = None,
+    on_step: Callable[[Step], None] | None = None,
 ) -> list[Completion]:
-    """Collect `stream` into one `Completion` per row."""
+    """Collect `stream` into one `Completion` per row; `on_step` sees each step as it happens (for streaming)."""
     completions = [
         Completion(row=r, prompt_tokens=len(prompts[r // num_samples])) for r in range(len(prompts) * num_samples)
     ]
@@ -199,4 +200,6 @@ def generate(
         if not (step.finish_reason == "stop" and step.token in stop.token_ids):
             c.tokens.append(step.token)
         c.finish_reason = step.finish_reason
+        if on_step is not None:
+            on_step(step)
     return completions

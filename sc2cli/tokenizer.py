@@ -124,3 +124,13 @@ class IncrementalDetokenizer:
         text = self._decode(self._ids)
         self._ids, self._read = [], 0
         return text[len(emitted) :]
+
+
+# Tokens after which a code completion is over: end of text, the start of another file or repository, or any
+# FIM marker (the maintainers recommend stopping on <file_sep>; spec §8.4).
+BOUNDARY_TOKENS = ("<|endoftext|>", "<file_sep>", "<repo_name>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>",
+                   "<fim_pad>")
+
+
+def boundary_token_ids(tokenizer: Tokenizer) -> frozenset[int]:
+    return frozenset(i for i in map(tokenizer.special_id, BOUNDARY_TOKENS) if i is not None)

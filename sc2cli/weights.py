@@ -35,6 +35,8 @@ def weight_files(directory: Path) -> list[Path]:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         except (ValueError, KeyError, TypeError):
             raise CheckpointError(f"{index} is not a valid safetensors index (no 'weight_map')") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index} is not a valid safetensors index ('weight_map' must map names to files)")
         files = sorted(set(weight_map.values()))
         for name in files:
             if Path(name).name != name:
@@ -132,11 +134,15 @@ def _tolerated_extras(model: nn.Module, keys: set[str]) -> set[str]:
 def load_pretrained(cls, path, dtype: torch.dtype | None = None, device=None, **overrides):
     directory = Path(path)
     if not directory.is_dir():
-        raise CheckpointError(f"checkpoint directory {path} does not exist")
+        problem = "is not a directory" if directory.exists() else "does not exist"
+        raise CheckpointError(f"checkpoint directory {path} {problem}")
     try:
         config = Starcoder2Config.from_pretrained(directory)
     except FileNotFoundError:
         raise CheckpointError(f"{directory} has no config.json; is this a StarCoder2 checkpoint?") from None
+    except ValueError as err:  # unreadable or invalid config.json, or another model type
+        message, config_path = str(err), str(directory / "config.json")
+        raise CheckpointError(message if config_path in message else f"{config_path}: {message}") from None
     if overrides:
         config = config.copy(**overrides)
     dtype = dtype or torch.float32

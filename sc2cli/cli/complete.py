@@ -1,0 +1,126 @@
+"""`sc2 complete`: continue a prompt, streaming the completion to stdout.
+
+Examples:
+  sc2 complete "def fibonacci(n):"
+  cat script.py | sc2 complete --max-new-tokens 64
+  sc2 complete -n 3 --temperature 0.8 --seed 1 --json "import numpy as np"
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from . import common, output
+from .options import (
+    DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, MaxNewTokensOpt, MinPOpt, ModelOpt, NoStreamOpt, NoTruncateOpt,
+    NumSamplesOpt, OfflineOpt, RepetitionPenaltyOpt, RevisionOpt, SeedOpt, StopOpt, TemperatureOpt, TopKOpt,
+    TopPOpt,
+)
+
+
+def complete(
+    prompt: Annotated[Optional[str], typer.Argument(
+        help="Text to continue; '-' or nothing reads stdin.", show_default=False)] = None,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    offline: OfflineOpt = False,
+    max_new_tokens: MaxNewTokensOpt = 128,
+    temperature: TemperatureOpt = 0.0,
+    top_k: TopKOpt = 0,
+    top_p: TopPOpt = 1.0,
+    min_p: MinPOpt = 0.0,
+    repetition_penalty: RepetitionPenaltyOpt = 1.0,
+    seed: SeedOpt = None,
+    stop: StopOpt = None,
+    num_samples: NumSamplesOpt = 1,
+    ignore_eos: IgnoreEosOpt = False,
+    no_stream: NoStreamOpt = False,
+    json_out: JsonOpt = False,
+    no_truncate: NoTruncateOpt = False,
+) -> None:
+    """Continue PROMPT with the model and stream the completion to stdout."""
+    common.check_counts(max_new_tokens, num_samples)
+    sampling = common.sampling_params(temperature, top_k, top_p, min_p, repetition_penalty, seed)
+    text = common.read_text_input(prompt)
+    loaded = common.load_model(model, revision, device, dtype, offline)
+    ids = loaded.tokenizer.encode(text)
+    config = loaded.model.config
+    ids = common.fit_prompt(ids, config.max_position_embeddings, max_new_tokens, truncate=not no_truncate)
+    run = run_generation(loaded, [ids], sampling, max_new_tokens, stop or [], num_samples, ignore_eos,
+                         stream_text=not (no_stream or json_out or num_samples > 1))
+    if json_out:
+        output.write_json(completion_json(loaded, run, [len(ids)]))
+    elif num_samples > 1 or no_stream:
+        for i, c in enumerate(run.completions):
+            if num_samples > 1:
+                output.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1} ---\n")
+            output.write(c.text)
+        output.write("\n" if num_samples > 1 else "")
+    if not json_out and sys.stdout.isatty():
+        output.write("\n")  # end the line for a person at a terminal; pipes get the exact text
+
+
+class GenerationRun:
+    def __init__(self, completions, seed: int, first_token_s: float, decode_s: float) -> None:
+        self.completions = completions
+        self.seed = seed
+        self.first_token_s = first_token_s
+        self.decode_s = decode_s
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(c.tokens) for c in self.completions)
+
+
+def run_generation(loaded, prompts, sampling, max_new_tokens, stop_strings, num_samples, ignore_eos,
+                   stream_text: bool, extra_stop_ids=frozenset()) -> GenerationRun:
+    """Generate for `prompts`, optionally streaming row 0's text to stdout, with timings."""
+    from ..engine import StopConditions, generate
+    from ..sampling import make_generator
+    from ..tokenizer import boundary_token_ids
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    stop_ids = frozenset() if ignore_eos else boundary_token_ids(tokenizer) | extra_stop_ids
+    conditions = StopConditions(token_ids=stop_ids, strings=tuple(stop_strings), max_new_tokens=max_new_tokens,
+                                context_limit=model.config.max_position_embeddings)
+    generator = make_generator(sampling.seed, model.device)
+    first = None
+
+    def on_step(step) -> None:
+        nonlocal first
+        if first is None:
+            first = time.perf_counter()
+        if stream_text and step.row == 0:
+            output.write(step.text)
+
+    started = time.perf_counter()
+    completions = generate(model, tokenizer, prompts, sampling, conditions, num_samples, generator=generator,
+                           on_step=on_step)
+    end = time.perf_counter()
+    first = first or end
+    return GenerationRun(completions, generator.initial_seed(), first - started, end - first)
+
+
+def completion_json(loaded, run: GenerationRun, prompt_tokens: list[int]) -> dict:
+    decoded_after_first = max(0, run.completion_tokens - len(run.completions))
+    return {
+        "model": loaded.name,
+        "choices": [
+            {"index": c.row, "text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason,
+             "logprob": c.logprob}
+            for c in run.completions
+        ],
+        "usage": {"prompt_tokens": sum(prompt_tokens), "completion_tokens": run.completion_tokens},
+        "timings": {
+            "load_s": round(loaded.load_seconds, 4),
+            "time_to_first_token_s": round(run.first_token_s, 4),
+            "tokens_per_s": round(decoded_after_first / run.decode_s, 2) if run.decode_s > 0 else None,
+        },
+        "seed": run.seed,
+    }

@@ -1,0 +1,88 @@
+"""Model references to local checkpoint folders: a local path, the model shipped with sc2, or a Hub repo id.
+
+Hub checkpoints go to the standard Hugging Face cache (HF_HOME / HF_HUB_CACHE / HF_TOKEN / HF_HUB_OFFLINE are
+honoured by huggingface_hub itself). Only the files sc2 needs are fetched: never pickle weights, never code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import Sc2Error, UsageError
+from .settings import SHIPPED_MODEL
+
+# What a StarCoder2 checkpoint needs; *.bin / *.py / *.pt are never fetched.
+ALLOW_PATTERNS = [
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+]
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelNotCached(Sc2Error):
+    pass
+
+
+def shipped_model_dir() -> Path:
+    return Path(__file__).parent / "shipped" / SHIPPED_MODEL
+
+
+def offline_requested(offline: bool) -> bool:
+    return offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve(ref: str, revision: str | None = None, offline: bool = False) -> Path:
+    """The local folder holding `ref`, downloading from the Hub on first use unless offline."""
+    if ref == SHIPPED_MODEL:
+        path = shipped_model_dir()
+        if not (path / "config.json").is_file():
+            raise Sc2Error(f"the shipped model is missing from {path}; reinstall sc2 or run `make tiny-model`")
+        return path
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path
+    if ref.startswith((".", "/", "~")) or os.sep in ref.rstrip(os.sep) and not REPO_ID.match(ref):
+        raise UsageError(f"model path {ref} does not exist")
+    if not REPO_ID.match(ref):
+        raise UsageError(
+            f"model {ref!r} is neither a folder nor a Hub repo id like bigcode/starcoder2-3b "
+            f"(nor the shipped model {SHIPPED_MODEL!r})"
+        )
+    return download(ref, revision, offline=offline)
+
+
+def download(repo_id: str, revision: str | None = None, offline: bool = False) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    offline = offline_requested(offline)
+    try:
+        folder = snapshot_download(
+            repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS, local_files_only=offline
+        )
+    except LocalEntryNotFoundError:
+        rev = f" --revision {revision}" if revision else ""
+        reason = "offline mode is on" if offline else "the Hub cannot be reached"
+        raise ModelNotCached(
+            f"model {repo_id} is not in the local cache and {reason}; fetch it with `sc2 download {repo_id}{rev}`"
+        ) from None
+    except GatedRepoError:
+        raise Sc2Error(f"{repo_id} is gated: accept its licence on huggingface.co and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise UsageError(f"no model {repo_id} on the Hub (or it is private: set HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise UsageError(f"{repo_id} has no revision {revision!r}") from None
+    return Path(folder)

@@ -1,0 +1,56 @@
+"""From a model reference to a ready (model, tokenizer) pair on a device."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CheckpointError
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: Tokenizer
+    path: Path
+    name: str
+    load_seconds: float
+
+
+def load_tokenizer(path: Path, vocab_size: int | None = None) -> Tokenizer:
+    try:
+        tokenizer = Tokenizer.from_dir(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} has no tokenizer.json; sc2 needs the checkpoint's fast tokenizer") from None
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+    if vocab_size is not None and tokenizer.vocab_size > vocab_size:
+        raise CheckpointError(
+            f"the tokenizer in {path} has {tokenizer.vocab_size} tokens but the model only {vocab_size}; "
+            "the tokenizer belongs to another model"
+        )
+    return tokenizer
+
+
+def load(ref: str, device: str = "auto", dtype: str = "auto", revision: str | None = None, offline: bool = False,
+         model_class=None) -> Loaded:
+    from . import hub
+    from .devices import resolve_device, resolve_dtype
+    from .modeling import Starcoder2Config, Starcoder2ForCausalLM
+
+    started = time.perf_counter()
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    path = hub.resolve(ref, revision=revision, offline=offline)
+    try:
+        config = Starcoder2Config.from_pretrained(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} has no config.json; is it a StarCoder2 checkpoint?") from None
+    except ValueError as err:
+        raise CheckpointError(f"{path / 'config.json'}: {err}") from None
+    tokenizer = load_tokenizer(path, config.vocab_size)
+    cls = model_class or Starcoder2ForCausalLM
+    model = cls.from_pretrained(path, dtype=torch_dtype, device=torch_device)
+    return Loaded(model, tokenizer, path, ref, time.perf_counter() - started)
