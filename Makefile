@@ -1,10 +1,12 @@
-# `make test` and `make run` set everything up on a fresh machine.
+# Two commands do all the set-up on a fresh machine: `make run` (a completion with the shipped model) and
+# `make test` (the test suite).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PROMPT ?= def fibonacci(n):
 
-.PHONY: install test run clean
+.PHONY: install test run completions clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +20,12 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+run: $(STAMP)
+	$(BIN)/sc2 complete "$(PROMPT)"
+
+completions: $(STAMP)
+	$(BIN)/python -m sc2cli.cli.completions completions
 
 clean:
 	rm -rf $(VENV) build *.egg-info
