@@ -127,7 +127,7 @@ class Starcoder2Config:
         return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
     def _set_labels(self, id2label: dict | None, num_labels: int | None) -> None:
-        if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 0):
+        if num_labels is not None and (type(num_labels) is not int or num_labels < 0):
             raise ValueError(f"config field 'num_labels' must be a non-negative integer, got {num_labels!r}")
         if id2label is not None and not isinstance(id2label, dict):
             raise ValueError(f"config field 'id2label' must be a JSON object, got {id2label!r}")

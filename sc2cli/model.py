@@ -56,6 +56,8 @@ class Starcoder2Attention(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=mask,
+            # No mask and no cache means plain causal attention (the fast kernel path).
+            is_causal=mask is None and cache is None and length > 1,
             dropout_p=self.attention_dropout if self.training else 0.0,
             scale=self.scaling,
             enable_gqa=self.num_kv_heads != self.num_heads,
@@ -179,8 +181,7 @@ class Starcoder2Model(Starcoder2PreTrainedModel):
         if cache is not None:
             mask = cache.begin(length, attention_mask, x.dtype)
         else:
-            columns = torch.arange(length, device=x.device)
-            mask = attention_mask_for(columns, attention_mask, self.config.sliding_window, x.dtype)
+            mask = uncached_mask(length, attention_mask, self.config.sliding_window, x.dtype, x.device)
         x = F.dropout(x, p=self.embedding_dropout, training=self.training)
         cos, sin = self.rotary_emb(position_ids, x.dtype)
         hidden_states = [x] if output_hidden_states else None
@@ -200,8 +201,12 @@ class Starcoder2Model(Starcoder2PreTrainedModel):
         )
 
 
-def attention_mask_for(columns: Tensor, padding: Tensor | None, window: int | None, dtype: torch.dtype) -> Tensor:
-    """Mask of an uncached forward over `columns` (causal, windowed, with optional (B, S) padding)."""
+def uncached_mask(length: int, padding: Tensor | None, window: int | None, dtype: torch.dtype, device) -> Tensor | None:
+    """Mask of an uncached forward, or None when plain causal attention is exact: no padding and no window
+    inside the sequence (which is how training runs, on the fast kernel)."""
+    if (padding is None or bool(padding.all())) and (window is None or length <= window):
+        return None
+    columns = torch.arange(length, device=device)
     return attention_mask(columns, columns, padding.bool() if padding is not None else None, window, dtype)
 
 

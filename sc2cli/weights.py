@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -85,8 +86,9 @@ def load_state(model: nn.Module, directory: Path, dtype: torch.dtype, device: to
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"cannot read {path}: {_one_line(err)}") from None
 
-    expected = _expected_names(model)
     available = set(key_to_file)
+    _untie_if_head_differs(model, handles, key_to_file)
+    expected = _expected_names(model)
     used: set[str] = set()
     missing = []
     state = {}
@@ -101,10 +103,7 @@ def load_state(model: nn.Module, directory: Path, dtype: torch.dtype, device: to
             raise CheckpointError(
                 f"tensor {key} in {key_to_file[key]} has shape {list(shape)}, the config needs {list(param.shape)}"
             )
-        try:
-            tensor = handle.get_tensor(key)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"cannot read tensor {key} from {key_to_file[key]}: {_one_line(err)}") from None
+        tensor = _read_tensor(handle, key, key_to_file[key])
         state[name] = nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=param.requires_grad)
         used.add(key)
     if missing:
@@ -118,6 +117,31 @@ def load_state(model: nn.Module, directory: Path, dtype: torch.dtype, device: to
         module_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(module_name), attr, value)
     model.tie_weights()
+
+
+def _read_tensor(handle, key: str, path: Path) -> torch.Tensor:
+    try:
+        return handle.get_tensor(key)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"cannot read tensor {key} from {path}: {_one_line(err)}") from None
+
+
+def _untie_if_head_differs(model: nn.Module, handles: dict, key_to_file: dict[str, Path]) -> None:
+    """A config that says tied while the checkpoint holds a *different* lm_head.weight is wrong; like transformers,
+    keep both tensors (and record the untying in the config, so a re-save writes both)."""
+    if not getattr(model.config, "tie_word_embeddings", False) or "lm_head.weight" not in key_to_file:
+        return
+    if not isinstance(getattr(model, "lm_head", None), nn.Linear):
+        return
+    embed_key = _checkpoint_key("model.embed_tokens.weight", model, set(key_to_file))
+    if embed_key is None:
+        return
+    head = _read_tensor(handles[key_to_file["lm_head.weight"]], "lm_head.weight", key_to_file["lm_head.weight"])
+    embed = _read_tensor(handles[key_to_file[embed_key]], embed_key, key_to_file[embed_key])
+    if head.shape != embed.shape or not torch.equal(head, embed):
+        warnings.warn("config.json says tie_word_embeddings but the checkpoint's lm_head.weight differs from the "
+                      "embeddings; loading them untied")
+        model.config.tie_word_embeddings = False
 
 
 def _tolerated_extras(model: nn.Module, keys: set[str]) -> set[str]:

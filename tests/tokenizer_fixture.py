@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
-from sc2cli.tokenizer import SPECIAL_TOKENS
+from sc2cli.bpe import train_bpe
 
 TEST_VOCAB_SIZE = 1024  # specials + 256 byte symbols + merges; small enough for tiny test models
 
@@ -88,19 +88,7 @@ def _corpus() -> list[str]:
 
 def train_test_tokenizer() -> Tokenizer:
     """Train the test tokenizer from scratch (always the same result)."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TEST_VOCAB_SIZE,
-        special_tokens=list(SPECIAL_TOKENS),  # the trainer gives these the first ids, in order
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok = train_bpe(_corpus(), TEST_VOCAB_SIZE)
     if tok.get_vocab_size() != TEST_VOCAB_SIZE:
         raise RuntimeError(f"test corpus too small: vocab {tok.get_vocab_size()} < {TEST_VOCAB_SIZE}")
     return tok

@@ -19,8 +19,11 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click
 
 from ..errors import Sc2Error
-from . import config_cmd, output
+from . import config_cmd, models, output
+from .classify import classify
 from .complete import complete
+from .download import download
+from .info import info
 
 app = typer.Typer(
     name="sc2",
@@ -30,6 +33,10 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command(no_args_is_help=False)(complete)
+app.command()(classify)
+app.command()(download)
+app.add_typer(models.app, name="models")
+app.command()(info)
 app.add_typer(config_cmd.app, name="config")
 
 
