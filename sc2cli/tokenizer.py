@@ -80,6 +80,22 @@ class Tokenizer:
         """
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` of many texts at once (in parallel inside the library)."""
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def save(self, path: str | Path) -> None:
+        self._tok.save(str(path))
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of `text` taken literally: special-token strings in it are plain text (for file contents,
+        which must never inject FIM markers into a prompt)."""
+        self._tok.encode_special_tokens = True
+        try:
+            return self._tok.encode(text, add_special_tokens=False).ids
+        finally:
+            self._tok.encode_special_tokens = False
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of `ids`. Whitespace is kept byte for byte: the ByteLevel decoder does no clean-up."""
         # Note: the library's own default is skip_special_tokens=True; ours keeps them.

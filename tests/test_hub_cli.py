@@ -172,7 +172,9 @@ def test_models_rm(home):
     removed = run_sc2(["models", "rm", "owner/name", "--yes"], home)
     assert removed.returncode == 0, removed.stderr.decode()
     assert not (home / "hf" / "hub" / "models--owner--name").exists()
-    assert (home / "hf" / "hub" / "models--other--bert").exists()
+    # The other repos share the commit hash (huggingface_hub matches bare hashes cache-wide): all still there.
+    assert {p.name for p in (home / "hf" / "hub").iterdir()} == {
+        "models--other--bert", "models--bad--json", "models--broken--entry"}
     again = run_sc2(["models", "rm", "owner/name", "--yes"], home)
     assert_one_line_error(again, 2, "owner/name")
 

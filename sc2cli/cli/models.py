@@ -9,6 +9,7 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import asdict, dataclass, field
@@ -84,7 +85,11 @@ def remove(
         revisions = [(rev, e) for rev, e in revisions if matches(e, revision)]
         if not revisions:
             raise UsageError(f"{model} has no cached revision {revision!r}; `sc2 models` lists the cached ones")
-    strategy = cache.delete_revisions(*(rev.commit_hash for rev, _ in revisions))
+    # Scope the deletion to this repo: delete_revisions matches bare commit hashes across the whole cache, and a
+    # mirrored repo can share commits with its source.
+    (repo,) = {r for r in cache.repos if r.repo_type == "model" and r.repo_id == model}
+    strategy = dataclasses.replace(cache, repos=frozenset({repo})).delete_revisions(
+        *(rev.commit_hash for rev, _ in revisions))
     what = model if revision is None else f"{model} revision {', '.join(e.revision_label for _, e in revisions)}"
     if not yes:
         if not sys.stdin.isatty():
