@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= def fibonacci(n):
 
-.PHONY: install test run completions clean
+.PHONY: install test run completions tiny-model clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ run: $(STAMP)
 
 completions: $(STAMP)
 	$(BIN)/python -m sc2cli.cli.completions completions
+
+# Reproduces the shipped model from scratch: about 4-5 hours on a 2-core CPU, resumable (run it again to continue).
+tiny-model: $(STAMP)
+	$(BIN)/sc2 train stdlib --out runs/sc2-tiny --max-steps 4000
+	$(BIN)/python -m sc2cli.train export runs/sc2-tiny sc2cli/shipped/sc2-tiny
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -55,9 +55,9 @@ class TrainSettings:
     batch_size: int = 16
     grad_accum: int = 1
     max_steps: int = 1000
-    lr: float = 2e-3
+    lr: float = 1e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
+    warmup_steps: int = 200
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
@@ -85,6 +85,19 @@ class TrainState:
     tokens_seen: int = 0
     seconds: float = 0.0
     history: list = field(default_factory=list)  # [step, tokens_seen, train_loss, heldout_loss or None]
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc to reuse freed memory instead of returning it to the OS: the big per-step buffers (logits,
+    gradients) then skip the page faults of fresh mmaps, which makes CPU training about 20% faster."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)  # M_MMAP_MAX: no mmap'd chunks
+        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: never trim the heap
+    except (OSError, AttributeError):
+        pass
 
 
 def stdlib_dir() -> Path:
@@ -190,6 +203,7 @@ def train(settings: TrainSettings, resume: bool = True,
           on_progress: Callable[[TrainState, float, float], None] | None = None,
           stop_after: int | None = None) -> TrainState:
     """Run (or continue) training until `settings.max_steps` (or `stop_after` more steps, for tests)."""
+    keep_freed_memory()
     out = Path(settings.out)
     state_path = out / STATE_FILE
     files = trainset.collect_files(resolve_data_dir(settings.data))

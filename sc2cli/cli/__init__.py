@@ -24,6 +24,7 @@ from .classify import classify
 from .complete import complete
 from .download import download
 from .info import info
+from .train import train
 
 app = typer.Typer(
     name="sc2",
@@ -38,6 +39,7 @@ app.command()(download)
 app.add_typer(models.app, name="models")
 app.command()(info)
 app.add_typer(config_cmd.app, name="config")
+app.command()(train)
 
 
 class Terminated(BaseException):
