@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .cache import KVCache
 from .sampling import SamplingParams, make_generator, process_logits, sample, token_logprobs
-from .stopping import StopStringMatcher
+from .stopping import Chain, StopStringMatcher, TextFilter
 from .tokenizer import IncrementalDetokenizer, Tokenizer
 
 DEFAULT_PREFILL_CHUNK = 512
@@ -53,6 +53,13 @@ class StopConditions:
     strings: tuple[str, ...] = ()
     max_new_tokens: int = 128
     context_limit: int | None = None  # total positions (prompt + generated) the model may use
+    # Builds, per row, a filter that sees the text after stop strings and may hold, rewrite or end it
+    # (the line/block modes of infilling).
+    text_filter: Callable[[], TextFilter] | None = None
+
+    def make_filter(self) -> TextFilter:
+        matcher = StopStringMatcher(self.strings)
+        return Chain(matcher, self.text_filter()) if self.text_filter else matcher
 
 
 def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
@@ -129,7 +136,7 @@ def stream(
     prompt_lengths = [len(prompts[r // num_samples]) for r in range(rows)]
 
     detokenizers = [IncrementalDetokenizer(tokenizer, skip_special_tokens=True) if tokenizer else None for _ in range(rows)]
-    matchers = [StopStringMatcher(stop.strings) for _ in range(rows)]
+    matchers = [stop.make_filter() for _ in range(rows)]
     active = [True] * rows
     step_mask = torch.ones((rows, 1), dtype=torch.long, device=device)
 
@@ -171,7 +178,7 @@ def stream(
         next_position += 1
 
 
-def _flush(detokenizer: IncrementalDetokenizer | None, matcher: StopStringMatcher) -> str:
+def _flush(detokenizer: IncrementalDetokenizer | None, matcher: TextFilter) -> str:
     """Text still held back when a row ends (a partial character or a partial stop string)."""
     tail = detokenizer.flush() if detokenizer else ""
     text, _ = matcher.feed(tail)

@@ -34,23 +34,35 @@ def load_tokenizer(path: Path, vocab_size: int | None = None) -> Tokenizer:
     return tokenizer
 
 
-def load(ref: str, device: str = "auto", dtype: str = "auto", revision: str | None = None, offline: bool = False,
-         model_class=None) -> Loaded:
-    from . import hub
-    from .devices import resolve_device, resolve_dtype
-    from .modeling import Starcoder2Config, Starcoder2ForCausalLM
+def load_config(path: Path):
+    from .config import Starcoder2Config
 
-    started = time.perf_counter()
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    path = hub.resolve(ref, revision=revision, offline=offline)
     try:
-        config = Starcoder2Config.from_pretrained(path)
+        return Starcoder2Config.from_pretrained(path)
     except FileNotFoundError:
         raise CheckpointError(f"{path} has no config.json; is it a StarCoder2 checkpoint?") from None
     except ValueError as err:
         raise CheckpointError(f"{path / 'config.json'}: {err}") from None
-    tokenizer = load_tokenizer(path, config.vocab_size)
+
+
+def load_config_and_tokenizer(ref: str, revision: str | None = None, offline: bool = False):
+    """(config, tokenizer, path) without the weights: enough to build and measure a prompt."""
+    from . import hub
+
+    path = hub.resolve(ref, revision=revision, offline=offline)
+    config = load_config(path)
+    return config, load_tokenizer(path, config.vocab_size), path
+
+
+def load(ref: str, device: str = "auto", dtype: str = "auto", revision: str | None = None, offline: bool = False,
+         model_class=None) -> Loaded:
+    from .devices import resolve_device, resolve_dtype
+    from .modeling import Starcoder2ForCausalLM
+
+    started = time.perf_counter()
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    config, tokenizer, path = load_config_and_tokenizer(ref, revision, offline)
     cls = model_class or Starcoder2ForCausalLM
     model = cls.from_pretrained(path, dtype=torch_dtype, device=torch_device)
     return Loaded(model, tokenizer, path, ref, time.perf_counter() - started)

@@ -1,8 +1,37 @@
-"""Stop strings matched on streamed text, even when a stop string spans several tokens."""
+"""Filters over streamed text: stop strings (even when they span tokens), and a chain of filters.
+
+A filter's `feed(delta)` returns `(text_to_emit, stopped)`; `flush()` returns what it still holds when the stream
+ends. Once a filter has stopped it emits nothing more.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol
+
+
+class TextFilter(Protocol):
+    def feed(self, delta: str) -> tuple[str, bool]: ...
+
+    def flush(self) -> str: ...
+
+
+class Chain:
+    """Text flows through `first`, then `second`; either may stop the stream."""
+
+    def __init__(self, first: TextFilter, second: TextFilter) -> None:
+        self.first, self.second = first, second
+
+    def feed(self, delta: str) -> tuple[str, bool]:
+        text, stopped = self.first.feed(delta)
+        out, stopped_second = self.second.feed(text)
+        if stopped and not stopped_second:
+            out += self.second.flush()
+        return out, stopped or stopped_second
+
+    def flush(self) -> str:
+        text, stopped = self.second.feed(self.first.flush())
+        return text + ("" if stopped else self.second.flush())
 
 
 class StopStringMatcher:

@@ -14,9 +14,9 @@ from sc2cli import modeling
 def make_checkpoint(directory: str | Path, class_name: str = "Starcoder2ForCausalLM", seed: int = 0,
                     **overrides) -> Path:
     directory = Path(directory)
-    config = modeling.Starcoder2Config(**tiny_config(vocab_size=TEST_VOCAB_SIZE, hidden_size=64,
-                                                     intermediate_size=128, num_attention_heads=8,
-                                                     sliding_window=32, **overrides))
+    shape = dict(vocab_size=TEST_VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_attention_heads=8,
+                 sliding_window=32)
+    config = modeling.Starcoder2Config(**tiny_config(**{**shape, **overrides}))
     torch.manual_seed(seed)
     model = getattr(modeling, class_name)(config)
     model.init_weights()

@@ -24,6 +24,7 @@ from .classify import classify
 from .complete import complete
 from .download import download
 from .info import info
+from .infill import infill
 from .train import train
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command(no_args_is_help=False)(complete)
+app.command()(infill)
 app.command()(classify)
 app.command()(download)
 app.add_typer(models.app, name="models")
