@@ -55,11 +55,11 @@ class StopConditions:
     context_limit: int | None = None  # total positions (prompt + generated) the model may use
     # Builds, per row, a filter that sees the text after stop strings and may hold, rewrite or end it
     # (the line/block modes of infilling).
-    text_filter: Callable[[], TextFilter] | None = None
+    text_filter: Callable[[int], TextFilter] | None = None  # called with the row index
 
-    def make_filter(self) -> TextFilter:
+    def make_filter(self, row: int) -> TextFilter:
         matcher = StopStringMatcher(self.strings)
-        return Chain(matcher, self.text_filter()) if self.text_filter else matcher
+        return Chain(matcher, self.text_filter(row)) if self.text_filter else matcher
 
 
 def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
@@ -136,7 +136,7 @@ def stream(
     prompt_lengths = [len(prompts[r // num_samples]) for r in range(rows)]
 
     detokenizers = [IncrementalDetokenizer(tokenizer, skip_special_tokens=True) if tokenizer else None for _ in range(rows)]
-    matchers = [stop.make_filter() for _ in range(rows)]
+    matchers = [stop.make_filter(row) for row in range(rows)]
     active = [True] * rows
     step_mask = torch.ones((rows, 1), dtype=torch.long, device=device)
 

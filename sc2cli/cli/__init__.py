@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click
 
 from ..errors import Sc2Error
-from . import config_cmd, models, output
+from . import bench, config_cmd, models, output
 from .classify import classify
 from .complete import complete
 from .download import download
@@ -42,6 +42,7 @@ app.add_typer(models.app, name="models")
 app.command()(info)
 app.add_typer(config_cmd.app, name="config")
 app.command()(train)
+app.add_typer(bench.app, name="bench")
 
 
 class Terminated(BaseException):

@@ -127,7 +127,7 @@ def infill(
     conditions = StopConditions(
         token_ids=stop_ids, strings=tuple(stop or ()), max_new_tokens=max_new_tokens,
         context_limit=config.max_position_embeddings,
-        text_filter=lambda: fill.MiddleFilter(chosen_mode, prompt.prefix, prompt.suffix, style),
+        text_filter=lambda row: fill.MiddleFilter(chosen_mode, prompt.prefix, prompt.suffix, style),
     )
     streaming = not (write or diff or json_out or no_stream or num_samples > 1)
     completions = generate(loaded.model, loaded.tokenizer, [prompt.ids], sampling, conditions, num_samples,

@@ -1,0 +1,103 @@
+"""The infill benchmark: task construction per completion-tools.md §4b, scoring, and the command end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from checkpoints import make_checkpoint
+from typer.testing import CliRunner
+
+from sc2cli import bench_infill as bench
+from sc2cli.cli import app
+from sc2cli.trainset import SourceFile
+
+CODE = '''import os
+
+
+def load(path, mode="r"):
+    # a comment line that must disappear
+    with open(path, mode) as handle:
+        data = handle.read()
+    text = """a docstring line
+    spanning several lines
+    """
+    if not data:
+        return None
+    else:
+        return data.strip()
+
+
+class Store:
+    def __init__(self, root):
+        self.root = os.path.abspath(root)
+        self.items = {}
+
+    def put(self, key, value):
+        self.items[key] = value
+        return len(self.items)
+'''
+
+
+def test_tasks_follow_the_recipe():
+    tasks = bench.make_tasks([SourceFile("m.py", CODE * 3)], per_file=50, seed=0)
+    assert tasks and len({t.line for t in tasks}) == len(tasks)
+    for t in tasks:
+        stripped = t.target.strip()
+        assert 4 <= len(stripped) <= 120
+        assert not stripped.startswith("#")
+        assert stripped not in ("else:", "pass", "return", ")", "]", "}")
+        assert "spanning several" not in stripped  # inside a multi-line string
+        assert t.prefix.endswith("\n") or t.prefix == ""
+        # CLI-native split: the file without comments is exactly prefix + target + newline + suffix
+        assert t.prefix + t.target + "\n" + t.suffix == bench.drop_comment_lines(CODE * 3)
+
+
+def test_at_most_per_file_and_seeded():
+    files = [SourceFile(f"m{i}.py", CODE * 3) for i in range(5)]
+    a = bench.make_tasks(files, per_file=3, seed=1)
+    b = bench.make_tasks(files, per_file=3, seed=1)
+    c = bench.make_tasks(files, per_file=3, seed=2)
+    assert a == b and a != c
+    assert all(sum(t.path == f.path for t in a) <= 3 for f in files)
+
+
+def test_files_that_do_not_parse_or_are_tiny_are_skipped():
+    assert bench.make_tasks([SourceFile("bad.py", "def (:\n" * 300)]) == []
+    assert bench.make_tasks([SourceFile("tiny.py", "x = 1\n")]) == []
+
+
+def test_scoring():
+    task = bench.Task("m.py", 3, "def f():\n", "\nprint(1)\n", "    return 1")
+    exact = bench.Result(task, "    return 1\n", "    return 1", "stop")
+    first_only = bench.Result(task, "    return 1\n    return 2", "    return 1", "length")
+    wrong = bench.Result(task, "    return 2", "    return 2", "stop")
+    assert exact.exact and exact.first_line_exact
+    assert not first_only.exact and first_only.first_line_exact
+    assert not wrong.exact and 0.8 < wrong.similarity < 1.0
+    summary = bench.summarize([exact, first_only, wrong])
+    assert summary["exact_match"] == pytest.approx(1 / 3)
+    assert summary["first_line_exact_match"] == pytest.approx(2 / 3)
+    assert summary["stop_reasons"] == {"stop": 2, "length": 1}
+    lo, hi = summary["first_line_exact_match_ci95"]
+    assert 0.0 <= lo <= 2 / 3 <= hi <= 1.0
+
+
+def test_first_line_uses_the_infill_line_filter():
+    assert bench.first_line("\n    x = 1\n    y = 2", "def f():", "\n") == "\n    x = 1"
+    assert bench.edit_similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)
+
+
+def test_command_end_to_end(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"mod{i}.py").write_text(CODE * 3)
+    checkpoint = make_checkpoint(tmp_path / "ckpt", sliding_window=None, max_position_embeddings=1024)
+    result = CliRunner().invoke(app, ["bench", "infill", "--data", str(data), "-m", str(checkpoint), "--limit", "5",
+                                      "--max-new-tokens", "6", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)
+    assert summary["tasks"] == 5 and len(summary["items"]) == 5
+    assert sum(summary["stop_reasons"].values()) == 5
+    assert {"exact_match", "first_line_exact_match", "edit_similarity", "exact_match_ci95"} <= set(summary)
