@@ -131,8 +131,8 @@ def filled_bytes(source: SourceText, cursor: Cursor, middle: str) -> bytes:
 def unified_diff(before: bytes, after: bytes, path: str) -> bytes:
     """A unified diff that `patch` applies, byte-exact (CRLF, non-UTF-8 bytes and a missing final newline)."""
     path = path.lstrip("/")
-    a = before.decode("utf-8", errors="surrogateescape").splitlines(keepends=True)
-    b = after.decode("utf-8", errors="surrogateescape").splitlines(keepends=True)
+    a = _diff_lines(before.decode("utf-8", errors="surrogateescape"))
+    b = _diff_lines(after.decode("utf-8", errors="surrogateescape"))
     out = []
     for line in difflib.unified_diff(a, b, f"a/{path}", f"b/{path}", n=3):
         if line.startswith(("---", "+++")):
@@ -142,6 +142,14 @@ def unified_diff(before: bytes, after: bytes, path: str) -> bytes:
         else:
             out.append(line + "\n\\ No newline at end of file\n")
     return "".join(out).encode("utf-8", errors="surrogateescape")
+
+
+def _diff_lines(text: str) -> list[str]:
+    """Lines as `patch` sees them: ended by LF only (str.splitlines would also split at a form feed, a lone CR,
+    U+2028 and the like, which `patch` takes for ordinary characters)."""
+    lines = [line + "\n" for line in text.split("\n")]
+    lines[-1] = lines[-1][:-1]
+    return lines if lines[-1] else lines[:-1]
 
 
 def parses(code: bytes) -> bool:
