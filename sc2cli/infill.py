@@ -215,17 +215,19 @@ def build_prompt(tokenizer: Tokenizer, prefix: str, suffix: str, budget: int, pa
     if len(ids) > budget:
         fixed = len(ids) - len(tokenizer.encode_text(prefix)) - len(tokenizer.encode_text(suffix))
         room = budget - fixed
-        if room < 2:
-            raise UsageError(f"the token budget ({budget}) is too small for this prompt; "
-                             "lower --max-new-tokens or drop --context/--repo-name")
-        suffix_room = min(room // 4, len(tokenizer.encode_text(suffix)))
-        prefix_room = room - suffix_room
-        new_prefix = _keep_tail(tokenizer, prefix, prefix_room)
-        new_suffix = _keep_head(tokenizer, suffix, room - len(tokenizer.encode_text(new_prefix)))
-        truncation.prefix_chars_cut = len(prefix) - len(new_prefix)
-        truncation.suffix_chars_cut = len(suffix) - len(new_suffix)
-        prefix, suffix = new_prefix, new_suffix
-        ids = encode()
+        full_prefix, full_suffix = prefix, suffix
+        while len(ids) > budget:
+            if room < 2:
+                raise UsageError(f"the token budget ({budget}) is too small for this prompt; "
+                                 "lower --max-new-tokens or drop --context/--repo-name")
+            suffix_room = min(room // 4, len(tokenizer.encode_text(full_suffix)))
+            prefix = _keep_tail(tokenizer, full_prefix, room - suffix_room)
+            suffix = _keep_head(tokenizer, full_suffix, room - len(tokenizer.encode_text(prefix)))
+            ids = encode()
+            # "path\n" is encoded together with the prefix, so the count may be off by a token or two: shrink.
+            room -= max(1, len(ids) - budget)
+        truncation.prefix_chars_cut = len(full_prefix) - len(prefix)
+        truncation.suffix_chars_cut = len(full_suffix) - len(suffix)
     head = path if (context or repo_name) else None
     text = repo_context_text(context, repo_name) + psm_text(prefix, suffix, head)
     return Prompt(ids, text, prefix, suffix, truncation)
@@ -329,12 +331,16 @@ class MiddleFilter:
         self.style = style
         cursor_line = prefix.rsplit("\n", 1)[-1]
         right = suffix.split("\n", 1)[0]
+        self.cursor_line = cursor_line
         self.cursor_line_blank = not cursor_line.strip()
         self.base_indent = _width(cursor_line, style)
+        # A blank cursor line says little about the block (editors strip the indentation of empty lines, so a blank
+        # line inside a function body sits at column 1): there the first line of code written sets the block.
+        self.block_from_first_code = self.cursor_line_blank
         # After `def f():` (and nothing right of the cursor) the block is the new body: it ends at the opener's
         # indentation. Anywhere else it ends at anything indented less than the cursor's line.
         self.opens_block = cursor_line.rstrip().endswith((":", "{", "(", "[")) and not right.strip()
-        self.right_of_cursor = right.strip()
+        self.right_of_cursor = right.rstrip()  # leading spaces kept: they are the file's own
         self.suffix_opens_line = suffix.startswith("\n")
         self.suffix_lines = [line.strip() for line in suffix.split("\n")[1:] if line.strip()][:2]
         self.pending = ""  # the current, incomplete line
@@ -384,6 +390,9 @@ class MiddleFilter:
                 self.stopped = True  # the suffix's opening lines reappeared: the middle ends before them
                 return self._end()
             return ""
+        if self.block_from_first_code:
+            self.block_from_first_code = False
+            self.base_indent = max(self.base_indent, _width(self.cursor_line + line if first else line, self.style))
         if not first and self._leaves_block(line):
             self.stopped = True
             return self._release_held(drop_trailing_blanks=True) + self._end()
@@ -433,8 +442,10 @@ class MiddleFilter:
         """Line mode: drop a tail that repeats the code right of the cursor (e.g. a closing bracket)."""
         right = self.right_of_cursor
         body = text.rstrip()
-        if right and body.endswith(right):
-            return body[: -len(right)].rstrip() if body != right else ""
+        if right.strip() and body.endswith(right):
+            return body[: -len(right)]  # `f(` + `a, x)` before `x)` is `a, `: the space is the model's
+        if right.strip() and body.endswith(right.strip()):
+            return body[: -len(right.strip())].rstrip()  # written with other spacing: the suffix brings its own
         return text
 
 

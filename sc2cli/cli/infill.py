@@ -76,7 +76,7 @@ def infill(
         raise UsageError("give the cursor with --line N [--column C] or with --marker TEXT (one of them)")
     if column is not None and line is None:
         raise UsageError("--column needs --line")
-    if sum([write, diff, json_out, dry_run and not json_out]) > 1 and not (dry_run and json_out):
+    if sum([write, diff, json_out or dry_run]) > 1:  # --dry-run --json is one output: the prompt as JSON
         raise UsageError("choose one output: --write, --diff, --json or --dry-run")
     if write and file == "-":
         raise UsageError("--write needs a file, not stdin (use --diff, or redirect the printed middle)")
@@ -86,6 +86,7 @@ def infill(
     sampling = common.sampling_params(temperature, top_k, top_p, min_p, repetition_penalty, seed)
 
     source = fill.SourceText.from_bytes(read_file_bytes(file), name=file)
+    original = source.data  # what is on disk (with the marker, if any): what --diff patches
     if marker is not None:
         source, cursor = fill.cursor_at_marker(source, marker)
     else:
@@ -150,7 +151,7 @@ def infill(
         output.status(f"wrote {len(best.middle)} characters into {file} at line {cursor.line}")
     elif diff:
         sys.stdout.flush()
-        output.write(fill.unified_diff(source.data, best.filled, display_path).decode("utf-8", "surrogateescape"))
+        output.write(fill.unified_diff(original, best.filled, display_path).decode("utf-8", "surrogateescape"))
     elif json_out:
         output.write_json({
             "model": loaded.name,
@@ -201,7 +202,7 @@ def read_file_bytes(file: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise UsageError(f"{file} does not exist") from None
+        raise UsageError(f"{file} does not exist; check the path") from None
     except PermissionError:
         raise UsageError(f"{file} cannot be read (permission denied)") from None
 
@@ -209,8 +210,11 @@ def read_file_bytes(file: str) -> bytes:
 def check_writable(file: str) -> None:
     """Fail before running the model when the result could not be written."""
     path = Path(file)
-    if not os.access(path, os.W_OK):
-        raise Sc2Error(f"cannot write {file}: it is read-only (the file is unchanged)")
+    # Root passes os.access whatever the mode, and the atomic rename would replace the file anyway: a file with
+    # no write bit at all is read-only for everyone.
+    if not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222:
+        raise Sc2Error(f"cannot write {file}: it is read-only (the file is unchanged); make it writable "
+                       f"(chmod u+w) or drop --write to print the result")
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise Sc2Error(f"cannot write {file}: its folder is read-only, so no safe temporary file can be made")
 

@@ -1,0 +1,865 @@
+"""`sc2 infill` (issue 5): the cursor, the exact FIM prompt, when the middle ends, the token budget, byte-exact
+writes and diffs, best-of-n ranking, --dry-run and repository context.
+
+Most tests are pure functions on the test tokenizer. CLI tests run `sc2cli.cli.main` in-process (the real error
+mapping: exit codes and one stderr line) on a real tiny checkpoint whose config and tokenizer load for real; where
+the model's output matters, only the weights are replaced by a `ScriptedModel` that emits a fixed token script.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from checkpoints import make_checkpoint
+from cli_helpers import assert_one_line_error, isolated_env, run_sc2
+from scripted import ScriptedModel
+from tokenizer_fixture import build_test_tokenizer
+from typer.testing import CliRunner
+
+from sc2cli import files
+from sc2cli import infill as fill
+from sc2cli.cli import common, main
+from sc2cli.cli.infill import rank_candidates
+from sc2cli.engine import Completion
+from sc2cli.errors import UsageError
+from sc2cli.fim import ContextFile
+from sc2cli.load import Loaded, load_config
+from sc2cli.tokenizer import BOUNDARY_TOKENS, SPECIAL_TOKENS, Tokenizer
+
+BIG = 10**6  # a budget nothing reaches
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer(build_test_tokenizer())
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    # No sliding window: the infill budget is min(context, window), and the helper's default window (32) is too small.
+    return make_checkpoint(tmp_path_factory.mktemp("infill-ckpt"), sliding_window=None, seed=3)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    for key, value in isolated_env(home).items():
+        monkeypatch.setenv(key, value)
+    return home
+
+
+def fim_ids(tok: Tokenizer, prefix: str, suffix: str) -> list[int]:
+    """The PSM prompt's ids, built independently of sc2cli.fim."""
+    return ([tok.token_id("<fim_prefix>")] + tok.encode_text(prefix) + [tok.token_id("<fim_suffix>")]
+            + tok.encode_text(suffix) + [tok.token_id("<fim_middle>")])
+
+
+def fim_text(prefix: str, suffix: str) -> str:
+    return f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>"
+
+
+@dataclass
+class Run:
+    code: int
+    out: bytes
+    err: str
+
+    @property
+    def stdout(self) -> str:
+        return self.out.decode("utf-8", "surrogateescape")
+
+    def one_line_error(self, code: int, *needles: str) -> str:
+        assert self.code == code, (self.code, self.err)
+        assert "Traceback" not in self.err, self.err
+        lines = [line for line in self.err.splitlines() if line.strip()]
+        assert len(lines) == 1, self.err
+        for needle in needles:
+            assert needle in lines[0], (needle, lines[0])
+        return lines[0]
+
+
+def sc2(args: list[str], input: bytes | None = None) -> Run:
+    """`sc2 ARGS` in-process through `main` (exit-code and one-line-error mapping included)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with CliRunner().isolation(input=input) as (out, err, _):
+            try:
+                main(["infill", *args])
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            return Run(code, out.getvalue(), err.getvalue().decode("utf-8", "replace"))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Fail the test if anything loads model weights."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("model weights were loaded")
+
+    monkeypatch.setattr(common, "load_model", refuse)
+    monkeypatch.setattr("sc2cli.load.load", refuse)
+
+
+@pytest.fixture
+def scripted(monkeypatch, ckpt):
+    """`scripted(text)`: the model emits `text`'s tokens (special-token strings in it become their ids, so
+    "x<file_sep>" scripts a real <file_sep> token). Returns a list that records each load."""
+    config = load_config(ckpt)
+    tokenizer = Tokenizer.from_dir(ckpt)
+    loads: list[list[int]] = []
+
+    def use(text: str) -> list[list[int]]:
+        ids = tokenizer.encode(text)
+
+        def fake_load_model(*args, **kwargs):
+            loads.append(ids)
+            return Loaded(model=ScriptedModel(config, ids), tokenizer=tokenizer, path=ckpt, name="scripted",
+                          load_seconds=0.0)
+
+        monkeypatch.setattr(common, "load_model", fake_load_model)
+        return loads
+
+    return use
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# ---- 1. the cursor and the exact prompt ------------------------------------------------------------------------
+
+# (file bytes, line, column, prefix, suffix, middle, filled bytes, append)
+CURSORS = {
+    "start of file": (b"import os\nx = 1\n", 1, 1, "", "import os\nx = 1\n", "X", b"Ximport os\nx = 1\n", False),
+    "end of the last line": (b"import os\nx = 1\n", 2, None, "import os\nx = 1", "\n", "X",
+                             b"import os\nx = 1X\n", False),
+    "end of file (after the final newline)": (b"import os\nx = 1\n", 3, None, "import os\nx = 1\n", "", "y = 2\n",
+                                              b"import os\nx = 1\ny = 2\n", False),
+    "blank indented line": (b"def f():\n    \n    return 1\n", 2, None, "def f():\n    ", "\n    return 1\n",
+                            "x = 1", b"def f():\n    x = 1\n    return 1\n", False),
+    "middle of a line": (b"x = foo(a, b)\n", 1, 9, "x = foo(", "a, b)\n", "1, ", b"x = foo(1, a, b)\n", False),
+    "last line without a trailing newline": (b"a = 1\nb = 2", 2, None, "a = 1\nb = 2", "", " + 1",
+                                             b"a = 1\nb = 2 + 1", False),
+    "append after a last line without newline": (b"a = 1\nb = 2", 3, None, "a = 1\nb = 2\n", "", "c = 3",
+                                                 b"a = 1\nb = 2\nc = 3", True),
+    "append, column 1": (b"a = 1\nb = 2", 3, 1, "a = 1\nb = 2\n", "", "c = 3\n", b"a = 1\nb = 2\nc = 3\n", True),
+    "CRLF": (b"def f():\r\n    \r\n    return 1\r\n", 2, None, "def f():\n    ", "\n    return 1\n",
+             "x = 1\n    y = 2", b"def f():\r\n    x = 1\r\n    y = 2\r\n    return 1\r\n", False),
+    "CRLF, column": (b"ab = 1\r\ncd = 2\r\n", 2, 3, "ab = 1\ncd", " = 2\n", "e", b"ab = 1\r\ncde = 2\r\n", False),
+    "CRLF append without newline": (b"a = 1\r\nb = 2", 3, None, "a = 1\nb = 2\n", "", "c = 3",
+                                    b"a = 1\r\nb = 2\r\nc = 3", True),
+    "tabs": (b"def f():\n\tif x:\n\t\t\n\treturn 1\n", 3, None, "def f():\n\tif x:\n\t\t", "\n\treturn 1\n",
+             "y()", b"def f():\n\tif x:\n\t\ty()\n\treturn 1\n", False),
+    "non-UTF-8 bytes": (b"# caf\xe9 \xff\xfe\nx = 1\n\ny = 2\n", 3, None, "# caf\ufffd \ufffd\ufffd\nx = 1\n",
+                        "\ny = 2\n", "z = 3", b"# caf\xe9 \xff\xfe\nx = 1\nz = 3\ny = 2\n", False),
+    "non-UTF-8 bytes, cursor inside their line": (b"# caf\xe9 \xff\xfe\nx = 1\n", 1, 7, "# caf\ufffd",
+                                                  " \ufffd\ufffd\nx = 1\n", "!", b"# caf\xe9! \xff\xfe\nx = 1\n",
+                                                  False),
+    "multi-byte characters count as one column": ("s = 'h\u00e9llo'\n".encode(), 1, 8, "s = 'h\u00e9", "llo'\n",
+                                                  "\u00e9", "s = 'h\u00e9\u00e9llo'\n".encode(), False),
+    "literal <fim_prefix> in the file": (b's = "<fim_prefix>"\n\nt = 1\n', 2, None, 's = "<fim_prefix>"\n',
+                                         "\nt = 1\n", "u = 0", b's = "<fim_prefix>"\nu = 0\nt = 1\n', False),
+}
+
+
+@pytest.mark.parametrize("case", list(CURSORS), ids=list(CURSORS))
+def test_exact_prompt_and_bytes_for_each_cursor(tok, case):
+    data, line, column, prefix, suffix, middle, filled, append = CURSORS[case]
+    source = fill.SourceText.from_bytes(data)
+    cursor = fill.cursor_at(source, line, column)
+    assert cursor.line == line and cursor.append is append
+    assert fill.split_at(source, cursor) == (prefix, suffix)
+    prompt = fill.build_prompt(tok, prefix, suffix, BIG)
+    assert prompt.ids == fim_ids(tok, prefix, suffix)
+    assert prompt.text == fim_text(prefix, suffix)
+    assert (prompt.prefix, prompt.suffix) == (prefix, suffix)
+    assert not prompt.truncation.any
+    assert fill.filled_bytes(source, cursor, middle) == filled
+
+
+def test_model_text_is_lf_and_utf8_while_the_bytes_are_kept(tok):
+    source = fill.SourceText.from_bytes(b"a = 1\r\n# \xff\r\n\r\nb = 2\r\n")
+    assert source.crlf and source.newline == "\r\n"
+    prefix, suffix = fill.split_at(source, fill.cursor_at(source, 3))
+    assert "\r" not in prefix + suffix
+    assert prefix == "a = 1\n# \ufffd\n" and suffix == "\nb = 2\n"
+    prompt = fill.build_prompt(tok, prefix, suffix, BIG)
+    assert tok.decode(prompt.ids) == fim_text(prefix, suffix)
+    filled = fill.filled_bytes(source, fill.cursor_at(source, 3), "c = [\n  1,\r\n]")
+    assert filled == b"a = 1\r\n# \xff\r\nc = [\r\n  1,\r\n]\r\nb = 2\r\n"
+
+
+def test_file_text_never_becomes_a_special_token(tok):
+    prefix, suffix = 'a = "<fim_prefix><file_sep>"\n', '\nb = "<fim_middle><|endoftext|>"\n'
+    ids = fill.build_prompt(tok, prefix, suffix, BIG).ids
+    for name in ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"):
+        assert ids.count(tok.token_id(name)) == 1, name
+    for name in ("<file_sep>", "<|endoftext|>"):
+        assert tok.token_id(name) not in ids
+    # The check is meaningful: the special-aware encoder would have turned the text into markers.
+    assert tok.token_id("<fim_prefix>") in tok.encode(prefix)
+
+
+def test_empty_prefix_and_suffix(tok):
+    prompt = fill.build_prompt(tok, "", "", BIG)
+    assert prompt.ids == [tok.token_id("<fim_prefix>"), tok.token_id("<fim_suffix>"), tok.token_id("<fim_middle>")]
+    assert prompt.text == "<fim_prefix><fim_suffix><fim_middle>"
+    # A file that is only the marker is the same prompt.
+    source, cursor = fill.cursor_at_marker(fill.SourceText.from_bytes(b"<CURSOR>"), "<CURSOR>")
+    assert fill.split_at(source, cursor) == ("", "")
+    assert fill.filled_bytes(source, cursor, "x = 1\n") == b"x = 1\n"
+
+
+@pytest.mark.parametrize("data", [b"", b"  \n\n", b"\r\n"])
+def test_empty_file_is_refused(data):
+    with pytest.raises(UsageError, match="empty"):
+        fill.SourceText.from_bytes(data)
+
+
+def test_marker_places_the_cursor_and_is_removed(tok):
+    source = fill.SourceText.from_bytes(b"def f(x):\r\n    return <CURSOR> + 1\r\n<CURSOR>\r\n")
+    stripped, cursor = fill.cursor_at_marker(source, "<CURSOR>")
+    assert stripped.data == b"def f(x):\r\n    return  + 1\r\n<CURSOR>\r\n"  # only the first occurrence
+    assert stripped.crlf
+    assert (cursor.line, cursor.column, cursor.append) == (2, 12, False)
+    assert fill.split_at(stripped, cursor) == ("def f(x):\n    return ", " + 1\n<CURSOR>\n")
+    assert fill.filled_bytes(stripped, cursor, "x") == b"def f(x):\r\n    return x + 1\r\n<CURSOR>\r\n"
+    # The same cursor as --line/--column gives.
+    assert fill.cursor_at(stripped, 2, 12) == cursor
+    with pytest.raises(UsageError, match="does not occur"):
+        fill.cursor_at_marker(source, "<NOPE>")
+    with pytest.raises(UsageError, match="empty"):
+        fill.cursor_at_marker(source, "")
+
+
+@pytest.mark.parametrize("data, line, column, needle", [
+    (b"a = 1\nb = 2\n", 0, None, "--line 0"),
+    (b"a = 1\nb = 2\n", 4, None, "--line 4"),
+    (b"a = 1\nb = 2", 4, None, "use 1..3"),
+    (b"a = 1\nb = 2\n", -1, None, "--line -1"),
+    (b"a = 1\nb = 2\n", 1, 0, "--column 0"),
+    (b"a = 1\nb = 2\n", 1, 7, "--column 7"),
+    (b"ab\r\n", 1, 4, "--column 4"),  # the CR is not a column
+    (b"a = 1\nb = 2\n", 3, 2, "--column 2"),
+])
+def test_line_or_column_outside_the_file_is_a_usage_error(data, line, column, needle):
+    with pytest.raises(UsageError, match=needle):
+        fill.cursor_at(fill.SourceText.from_bytes(data), line, column)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--line", "9"], "--line 9 is outside the file"),
+    (["--line", "1", "--column", "40"], "--column 40 is outside line 1"),
+    (["--marker", "<HERE>"], "does not occur"),
+])
+def test_cli_cursor_outside_the_file_exits_2(tmp_path, home, ckpt, no_weights, args, needle):
+    path = write(tmp_path / "a.py", b"x = 1\ny = 2\n")
+    sc2([str(path), *args, "-m", str(ckpt)]).one_line_error(2, needle)
+
+
+def test_cli_through_the_real_entry_point(tmp_path):
+    """The installed `sc2` script: usage errors are exit 2 and one line, before anything heavy runs."""
+    path = write(tmp_path / "a.py", b"x = 1\n")
+    assert_one_line_error(run_sc2(["infill", str(path), "--line", "3"], tmp_path, timeout=60), 2, "--line 3")
+
+
+# ---- 2. stop tokens never reach the output ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop", BOUNDARY_TOKENS)
+@pytest.mark.parametrize("output_flag", [[], ["--no-stream"], ["--json"]])
+def test_stop_tokens_end_the_middle_and_are_never_printed(tmp_path, home, ckpt, scripted, stop, output_flag):
+    path = write(tmp_path / "mod.py", b"a = 0\n\nb = 2\n")
+    loads = scripted(f"x = 1{stop}leak()\n<|endoftext|>")
+    run = sc2([str(path), "--line", "2", "-m", str(ckpt), "--max-new-tokens", "30", *output_flag])
+    assert run.code == 0, run.err
+    assert len(loads) == 1 and Tokenizer.from_dir(ckpt).token_id(stop) in loads[0]
+    if output_flag == ["--json"]:
+        result = json.loads(run.out)
+        assert result["middle"] == "x = 1" and result["finish_reason"] == "stop"
+        assert result["mode"] == "block" and result["cursor"] == {"line": 2, "column": 1, "append": False}
+    else:
+        assert run.stdout == "x = 1"
+    assert not any(special in run.stdout for special in SPECIAL_TOKENS)
+    assert path.read_bytes() == b"a = 0\n\nb = 2\n"  # printing never touches the file
+
+
+def test_other_special_tokens_are_dropped_and_ignore_eos_prints_none(tmp_path, home, ckpt, scripted):
+    path = write(tmp_path / "mod.py", b"a = 0\n\nb = 2\n")
+    scripted("x = 1<jupyter_code> + 2<|endoftext|><fim_middle>")  # the last token repeats until the limit
+    run = sc2([str(path), "--line", "2", "-m", str(ckpt), "--max-new-tokens", "12", "--ignore-eos", "--json"])
+    assert run.code == 0, run.err
+    result = json.loads(run.out)
+    assert result["middle"] == "x = 1 + 2" and result["finish_reason"] == "length"
+    assert "<" not in run.stdout
+
+
+def test_line_mode_through_the_cli_trims_the_closing_bracket(tmp_path, home, ckpt, scripted):
+    path = write(tmp_path / "mod.py", b"y = foo()\nz = 1\n")
+    scripted("a, b)\nprint(y)\n<file_sep>")
+    run = sc2([str(path), "--line", "1", "--column", "9", "-m", str(ckpt), "--json"])
+    assert run.code == 0, run.err
+    result = json.loads(run.out)
+    assert result["mode"] == "line" and result["middle"] == "a, b" and result["finish_reason"] == "stop"
+
+
+# ---- 3. when the middle ends: MiddleFilter -----------------------------------------------------------------------
+
+
+def run_filter(mode: str, prefix: str, suffix: str, generated: str, style: fill.IndentStyle | None = None,
+               chunk: int | None = None) -> tuple[str, bool]:
+    """Feed `generated` in pieces of `chunk` characters (all at once when None); (middle, stopped by the filter)."""
+    style = style or fill.IndentStyle.detect(prefix + suffix)
+    middle = fill.MiddleFilter(mode, prefix, suffix, style)
+    pieces = [generated] if chunk is None else [generated[i:i + chunk] for i in range(0, len(generated), chunk)]
+    out = ""
+    for piece in pieces:
+        text, stopped = middle.feed(piece)
+        out += text
+        if stopped:
+            return out, True
+    return out + middle.flush(), False
+
+
+FILTER_CASES = {
+    # line mode
+    "line: ends at the first newline after code": (
+        "line", "x = ", "\nprint(x)\n", "compute()\nmore()\n", "compute()", True),
+    "line: leading blank lines are kept": ("line", "x = foo(", ")\n", "\n\na, b)\nnext\n", "\n\na, b", True),
+    "line: the closing bracket right of the cursor is trimmed": ("line", "x = foo(", ")\n", "a, b)\n", "a, b", True),
+    "line: right-of-cursor overlap trimmed at the end of the stream": ("line", "if x", ":\n    pass\n", " > 0:",
+                                                                       " > 0", False),
+    "line: no overlap, nothing trimmed": ("line", "x = foo(", ")\n", "a, b", "a, b", False),
+    "line: the model's space before the overlap is kept": ("line", "r = compute(", "scale)\n", "data, scale)\n",
+                                                          "data, ", True),
+    "line: the suffix's own leading space is not doubled": ("line", "x =", " 1 + 2\n", " 1 + 2\n", "", True),
+    "line: overlap written with other spacing": ("line", "f(a,", " b)\n", "c,b)\n", "c,", True),
+    # block mode
+    "block: ends before a dedented line": (
+        "block", "def f():\n    if x:\n        ", "\n    return 1\n", "a = 1\n        b = 2\n    c = 3\n",
+        "a = 1\n        b = 2", True),
+    "block: after `def f():` the body ends at the opener's indent": (
+        "block", "def f():", "\n\n\ndef g():\n    pass\n", "\n    a = 1\n\n    return a\n\nprint(f())\n",
+        "\n    a = 1\n\n    return a", True),
+    "block: unindented blank cursor line, the first code line sets the block": (
+        "block", "def f():\n", "\ndef g():\n    pass\n", "    a = 1\n    return a\n\ndef h():\n",
+        "    a = 1\n    return a", True),
+    "block: trailing blank lines dropped, newline kept when the suffix has none": (
+        "block", "def f():\n", "def g():\n    pass\n", "    return 1\n\n\ndef h():\n", "    return 1\n", True),
+    "block: no trailing newline when the suffix starts with one": (
+        "block", "def f():\n    ", "\n\ndef g():\n    pass\n", "a = 1\n    return a\n\ndef h():\n",
+        "a = 1\n    return a", True),
+    "block: end of stream after whole lines": ("block", "def f():\n    ", "\n    return x\n", "a = 1\n\n\n",
+                                               "a = 1", False),
+    "block: end of stream mid-line": ("block", "def f():\n    ", "\n    return x\n", "a = 1\n    b = g(",
+                                      "a = 1\n    b = g(", False),
+    # suffix overlap (both modes' block logic)
+    "suffix: its first two non-blank lines reappear": (
+        "block", "def f(x):\n    ", "\n    y = x + 1\n\n    return y\n", "x = abs(x)\n    y = x + 1\n    return y\n",
+        "x = abs(x)", True),
+    "suffix: one matching line followed by different code is kept": (
+        "block", "def f(x):\n    ", "\n    y = x + 1\n    return y\n", "x = abs(x)\n    y = x + 1\n    z = y\n",
+        "x = abs(x)\n    y = x + 1\n    z = y", False),
+    "suffix: a one-line suffix reappearing": ("block", "def f(x):\n    ", "\n    return x\n",
+                                              "x += 1\n    return x\n    junk\n", "x += 1", True),
+    "suffix: the model only repeats the suffix": ("block", "def f():\n    ", "\n    return 1\n", "return 1\n", "",
+                                                  True),
+}
+
+
+@pytest.mark.parametrize("case", list(FILTER_CASES), ids=list(FILTER_CASES))
+@pytest.mark.parametrize("chunk", [None, 1, 3])
+def test_middle_filter(case, chunk):
+    mode, prefix, suffix, generated, expected, stopped = FILTER_CASES[case]
+    assert run_filter(mode, prefix, suffix, generated, chunk=chunk) == (expected, stopped)
+
+
+def test_indentation_follows_the_file_style():
+    tabs_prefix, tabs_suffix = "def f():\n\tif x:\n\t\tpass\n\t", "\n\treturn 1\n"
+    style = fill.IndentStyle.detect(tabs_prefix + tabs_suffix)
+    assert style.tabs
+    middle, _ = run_filter("block", tabs_prefix, tabs_suffix, "for i in y:\n        print(i)\n    z()\nw()\n")
+    assert middle == "for i in y:\n\t\tprint(i)\n\tz()"
+    spaces_prefix, spaces_suffix = "def f():\n  if x:\n    pass\n  ", "\n  return 1\n"
+    style = fill.IndentStyle.detect(spaces_prefix + spaces_suffix)
+    assert not style.tabs and style.width == 2
+    middle, _ = run_filter("block", spaces_prefix, spaces_suffix, "for i in y:\n\t\tprint(i)\n")
+    assert middle == "for i in y:\n    print(i)"
+    assert fill.IndentStyle.detect("x = 1\n") == fill.IndentStyle(tabs=False, width=4)
+
+
+@pytest.mark.parametrize("mode, suffix, chosen", [
+    ("auto", "a, b)\n", "line"),
+    ("auto", "\nreturn 1\n", "block"),
+    ("auto", "   \n  x\n", "block"),
+    ("auto", "", "block"),
+    ("line", "\n", "line"),
+    ("block", "x)\n", "block"),
+])
+def test_choose_mode(mode, suffix, chosen):
+    assert fill.choose_mode(mode, suffix) == chosen
+
+
+# ---- 4. the token budget -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def long_file() -> tuple[str, str]:
+    lines = [f"value_{i} = compute({i}, scale=2)\n" for i in range(3000)]
+    return "".join(lines[:1500]) + "value_x = ", "\n" + "".join(lines[1500:])
+
+
+def test_budget_cuts_prefix_from_its_start_and_suffix_from_its_end(tok, long_file):
+    prefix, suffix = long_file
+    budget = 400
+    prompt = fill.build_prompt(tok, prefix, suffix, budget)
+    assert len(prompt.ids) <= budget
+    assert prompt.ids == fim_ids(tok, prompt.prefix, prompt.suffix)
+    # The prefix keeps its end (the cursor's line included), cut at a line boundary.
+    assert prefix.endswith(prompt.prefix) and prompt.prefix.endswith("value_x = ")
+    assert prefix[len(prefix) - len(prompt.prefix) - 1] == "\n"
+    # The suffix keeps its start, whole lines.
+    assert suffix.startswith(prompt.suffix) and prompt.suffix.endswith("\n")
+    prefix_tokens, suffix_tokens = len(tok.encode_text(prompt.prefix)), len(tok.encode_text(prompt.suffix))
+    assert 2.0 <= prefix_tokens / suffix_tokens <= 4.5  # about 3:1
+    longest_line = max(len(tok.encode_text(line)) for line in (prefix + suffix).splitlines(keepends=True))
+    assert len(prompt.ids) > budget - 2 * longest_line  # the budget is used, not wasted
+    cut = prompt.truncation
+    assert cut.prefix_chars_cut == len(prefix) - len(prompt.prefix) > 0
+    assert cut.suffix_chars_cut == len(suffix) - len(prompt.suffix) > 0
+    assert cut.dropped_context == [] and cut.any
+    assert f"cut {cut.prefix_chars_cut} characters from the start of the prefix" in cut.describe()
+    assert f"cut {cut.suffix_chars_cut} characters from the end of the suffix" in cut.describe()
+    assert cut.to_json() == {"dropped_context": [], "prefix_chars_cut": cut.prefix_chars_cut,
+                             "suffix_chars_cut": cut.suffix_chars_cut}
+
+
+def test_budget_gives_a_short_suffix_all_it_needs(tok, long_file):
+    prefix, _ = long_file
+    prompt = fill.build_prompt(tok, prefix, "\nprint(1)\n", 300)
+    assert len(prompt.ids) <= 300
+    assert prompt.suffix == "\nprint(1)\n" and prompt.truncation.suffix_chars_cut == 0
+
+
+def test_budget_with_one_huge_cursor_line_keeps_its_end(tok):
+    prefix = "x = [" + ", ".join(str(i) for i in range(120)) + ", "
+    prompt = fill.build_prompt(tok, prefix, "]\n", 40)
+    assert len(prompt.ids) <= 40
+    assert prompt.prefix and prefix.endswith(prompt.prefix)
+
+
+def test_budget_holds_with_a_path_head(tok):
+    """With repo context the path is encoded together with the prefix ("path\\n" + prefix), so counting the two
+    apart can be off by a token: the prompt must still fit."""
+    rnd = random.Random(5)
+    pieces = ["def", "x", "  ", "\n", "    ", "return", "(", ")", ":", "\u00e9", "\t", "12345", " ", "foo_bar"]
+    fitted = 0
+    for _ in range(150):
+        prefix = "".join(rnd.choice(pieces) for _ in range(rnd.randint(20, 100)))
+        suffix = "".join(rnd.choice(pieces) for _ in range(rnd.randint(20, 100)))
+        budget = rnd.randint(12, 60)
+        try:
+            prompt = fill.build_prompt(tok, prefix, suffix, budget, "a", (), "org/app")
+        except UsageError:
+            continue
+        fitted += 1
+        assert len(prompt.ids) <= budget, (prefix, suffix, budget)
+        assert prefix.endswith(prompt.prefix) and suffix.startswith(prompt.suffix)
+        assert prompt.truncation.prefix_chars_cut == len(prefix) - len(prompt.prefix)
+        assert prompt.truncation.suffix_chars_cut == len(suffix) - len(prompt.suffix)
+    assert fitted > 100
+
+
+def test_budget_too_small_is_a_usage_error(tok):
+    with pytest.raises(UsageError, match="too small"):
+        fill.build_prompt(tok, "a = 1\n" * 50, "b = 2\n" * 50, 3)
+
+
+def test_context_files_are_dropped_first(tok, long_file):
+    small, big = ContextFile("lib/a.py", "A = 1\n"), ContextFile("lib/b.py", "B = 2\n" * 200)
+    prefix, suffix = "import lib\n", "\nprint(lib.A)\n"
+    full = fill.build_prompt(tok, prefix, suffix, BIG, "main.py", [small, big], "org/app")
+    without_big = fill.build_prompt(tok, prefix, suffix, BIG, "main.py", [small], "org/app")
+    assert len(full.ids) > len(without_big.ids)
+    prompt = fill.build_prompt(tok, prefix, suffix, len(without_big.ids), "main.py", [small, big], "org/app")
+    assert prompt.ids == without_big.ids and prompt.text == without_big.text
+    assert prompt.truncation.dropped_context == ["lib/b.py"]
+    assert prompt.truncation.prefix_chars_cut == prompt.truncation.suffix_chars_cut == 0
+    assert "left out 1 context file(s): lib/b.py" in prompt.truncation.describe()
+    # Only when no context is left are prefix and suffix cut.
+    long_prefix, long_suffix = long_file
+    prompt = fill.build_prompt(tok, long_prefix, long_suffix, 300, "main.py", [small, big], "org/app")
+    assert len(prompt.ids) <= 300
+    assert prompt.truncation.dropped_context == ["lib/b.py", "lib/a.py"]
+    assert prompt.truncation.prefix_chars_cut > 0 and prompt.truncation.suffix_chars_cut > 0
+    assert prompt.text.startswith("<repo_name>org/app<file_sep><fim_prefix>main.py\n")
+
+
+def test_cli_reports_truncation_in_json_and_on_stderr(tmp_path, home, ckpt, no_weights, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "ctx" / "a.py", b"A = 1\n")
+    write(tmp_path / "ctx" / "b.py", b"B = 2\n" * 300)
+    write(tmp_path / "main.py", b"import ctx\n\nprint(ctx.A)\n")
+    # The tiny checkpoint has 512 positions and no window: 400 new tokens leave a 112-token prompt budget.
+    run = sc2(["main.py", "--line", "2", "--context", "ctx", "--repo-name", "org/app", "-m", str(ckpt),
+               "--max-new-tokens", "400", "--dry-run", "--json"])
+    assert run.code == 0, run.err
+    result = json.loads(run.out)
+    assert result["prompt_tokens"] == len(result["ids"]) <= 112
+    assert result["truncation"] == {"dropped_context": ["ctx/b.py"], "prefix_chars_cut": 0, "suffix_chars_cut": 0}
+    assert result["prompt"] == ("<repo_name>org/app<file_sep>ctx/a.py\nA = 1\n<file_sep><fim_prefix>main.py\n"
+                                "import ctx\n<fim_suffix>\nprint(ctx.A)\n<fim_middle>")
+    warning = [line for line in run.err.splitlines() if line.startswith("warning:")]
+    assert warning == ["warning: the prompt did not fit 112 tokens: left out 1 context file(s): ctx/b.py"]
+    # A long file: prefix and suffix are cut, and said so.
+    write(tmp_path / "long.py", "".join(f"v{i} = {i}\n" for i in range(3000)).encode())
+    run = sc2(["long.py", "--line", "1500", "-m", str(ckpt), "--max-new-tokens", "400", "--dry-run", "--json"])
+    assert run.code == 0, run.err
+    result = json.loads(run.out)
+    cut = result["truncation"]
+    assert result["prompt_tokens"] <= 112 and cut["prefix_chars_cut"] > 0 and cut["suffix_chars_cut"] > 0
+    prompt = result["prompt"]
+    assert "\nv1499 = 1499<fim_suffix>\nv1500 = 1500\n" in prompt  # the lines around the cursor are kept
+    assert prompt.startswith("<fim_prefix>v") and prompt.endswith("\n<fim_middle>")  # cut at line boundaries
+    assert f"cut {cut['prefix_chars_cut']} characters from the start of the prefix" in run.err
+
+
+# ---- 5. --diff applied by `patch` equals --write -----------------------------------------------------------------
+
+DIFF_CASES = {
+    "CRLF": (b"def f():\r\n    \r\n    return 1\r\n", ["--line", "2"], "x = 1\n    y = 2\n<file_sep>",
+             b"def f():\r\n    x = 1\r\n    y = 2\r\n    return 1\r\n"),
+    "no final newline (append)": (b"a = 1\nb = 2", ["--line", "3"], "c = 3<file_sep>", b"a = 1\nb = 2\nc = 3"),
+    "no final newline (last line)": (b"a = 1\nb = foo(", ["--line", "2"], "1)<file_sep>", b"a = 1\nb = foo(1)"),
+    "non-UTF-8 bytes": (b"# \xff\xfe caf\xe9\nx = 1\n\ny = 2\n", ["--line", "3"], "z = 3<file_sep>",
+                        b"# \xff\xfe caf\xe9\nx = 1\nz = 3\ny = 2\n"),
+    "form feed and lone CR": (b"a = 1\n\x0c\n\nb = '\r'\n", ["--line", "3"], "c = 3<file_sep>",
+                              b"a = 1\n\x0c\nc = 3\nb = '\r'\n"),
+    "--marker": (b"def f(x):\n    return <CURSOR>\n", ["--marker", "<CURSOR>"], "x * 2<file_sep>",
+                 b"def f(x):\n    return x * 2\n"),
+    "--column": (b"y = foo()\nz = 1\n", ["--line", "1", "--column", "9"], "a, b)\n<file_sep>",
+                 b"y = foo(a, b)\nz = 1\n"),
+}
+
+
+@pytest.mark.skipif(shutil.which("patch") is None, reason="`patch` is not installed")
+@pytest.mark.parametrize("case", list(DIFF_CASES), ids=list(DIFF_CASES))
+def test_diff_applied_by_patch_equals_write(tmp_path, home, ckpt, scripted, monkeypatch, case):
+    data, cursor_args, script, expected = DIFF_CASES[case]
+    relative = Path("pkg") / "mod.py"
+    patched, written = tmp_path / "patched", tmp_path / "written"
+    for root in (patched, written):
+        write(root / relative, data)
+    scripted(script)
+
+    monkeypatch.chdir(patched)
+    run = sc2([str(relative), *cursor_args, "-m", str(ckpt), "--diff"])
+    assert run.code == 0, run.err
+    assert run.out.startswith(b"--- a/pkg/mod.py\n+++ b/pkg/mod.py\n")
+    assert (patched / relative).read_bytes() == data  # --diff only prints
+    applied = subprocess.run(["patch", "-p1", "--quiet"], input=run.out, cwd=patched, capture_output=True,
+                             timeout=30)
+    assert applied.returncode == 0, (applied.stdout, applied.stderr, run.out)
+
+    monkeypatch.chdir(written)
+    run = sc2([str(relative), *cursor_args, "-m", str(ckpt), "--write"])
+    assert run.code == 0, run.err
+    assert (written / relative).read_bytes() == expected
+    assert (patched / relative).read_bytes() == expected
+    assert sorted(p.name for p in (written / "pkg").iterdir()) == ["mod.py"]  # no temp file left
+
+
+def test_unified_diff_splits_lines_at_lf_only():
+    before = b"a\x0cb\nc\x1dd\ne\xe2\x80\xa8f\n"
+    after = before + b"g\n"
+    diff = fill.unified_diff(before, after, "/abs/x.py")
+    assert diff.startswith(b"--- a/abs/x.py\n+++ b/abs/x.py\n@@ -1,3 +1,4 @@\n")
+    assert diff.endswith(b" a\x0cb\n c\x1dd\n e\xe2\x80\xa8f\n+g\n")
+
+
+# ---- 6. --write is atomic and fails fast -------------------------------------------------------------------------
+
+
+def _boom(exc: BaseException):
+    def raise_(*args, **kwargs):
+        raise exc
+
+    return raise_
+
+
+@pytest.mark.parametrize("target, exc, code", [
+    ("fsync", OSError(errno.ENOSPC, "No space left on device"), 1),
+    ("replace", OSError(errno.ENOSPC, "No space left on device"), 1),
+    ("chmod", OSError(errno.EPERM, "Operation not permitted"), 1),
+    ("replace", KeyboardInterrupt(), 130),
+    ("fsync", KeyboardInterrupt(), 130),
+])
+def test_failure_during_write_leaves_the_file_untouched(tmp_path, home, ckpt, scripted, monkeypatch, target, exc,
+                                                        code):
+    folder = tmp_path / "src"
+    original = b"a = 0\r\n\r\nb = '\xff'\r\n"
+    path = write(folder / "mod.py", original)
+    scripted("x = 1<file_sep>")
+    monkeypatch.setattr(files.os, target, _boom(exc))
+    run = sc2([str(path), "--line", "2", "-m", str(ckpt), "-w"])
+    monkeypatch.undo()
+    if code == 1:
+        run.one_line_error(1, "cannot write", "unchanged")
+    else:
+        assert run.code == code and len(run.err.splitlines()) <= 1, run.err
+    assert path.read_bytes() == original
+    assert [p.name for p in folder.iterdir()] == ["mod.py"]  # no temp file behind
+
+
+def test_write_keeps_permissions(tmp_path, home, ckpt, scripted):
+    path = write(tmp_path / "mod.py", b"a = 0\n\nb = 2\n")
+    path.chmod(0o640)
+    scripted("x = 1<file_sep>")
+    run = sc2([str(path), "--line", "2", "-m", str(ckpt), "-w"])
+    assert run.code == 0, run.err
+    assert path.read_bytes() == b"a = 0\nx = 1\nb = 2\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert f"into {path} at line 2" in run.err
+    assert run.out == b""
+
+
+def test_read_only_file_fails_before_the_model_runs(tmp_path, home, ckpt, scripted):
+    path = write(tmp_path / "mod.py", b"a = 0\n\nb = 2\n")
+    path.chmod(0o444)
+    loads = scripted("x = 1<file_sep>")
+    run = sc2([str(path), "--line", "2", "-m", str(ckpt), "-w"])
+    run.one_line_error(1, "read-only", "unchanged")
+    assert loads == []  # fail fast: no model
+    assert path.read_bytes() == b"a = 0\n\nb = 2\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_read_only_folder_fails_before_the_model_runs(tmp_path, home, ckpt, scripted):
+    folder = tmp_path / "ro"
+    path = write(folder / "mod.py", b"a = 0\n\nb = 2\n")
+    folder.chmod(0o555)
+    try:
+        loads = scripted("x = 1<file_sep>")
+        sc2([str(path), "--line", "2", "-m", str(ckpt), "-w"]).one_line_error(1, "folder is read-only")
+        assert loads == []
+    finally:
+        folder.chmod(0o755)
+
+
+# ---- 7. best-of-n ----------------------------------------------------------------------------------------------
+
+
+def _completion(row: int, text: str, logprob: float, tokens: int = 4) -> Completion:
+    return Completion(row=row, text=text, tokens=list(range(tokens)), logprob=logprob, finish_reason="stop")
+
+
+def test_rank_candidates_puts_parsing_ones_first():
+    source = fill.SourceText.from_bytes(b"def f(x):\n    return \n")
+    cursor = fill.cursor_at(source, 2)
+    completions = [
+        _completion(0, "x +", -0.4),  # best score, does not parse
+        _completion(1, "x * 2", -3.2),  # parses, worst score (mean -0.8)
+        _completion(2, "(x", -1.0),  # does not parse
+        _completion(3, "x - 1", -1.2, tokens=2),  # parses, mean -0.6
+    ]
+    ranked = rank_candidates(source, cursor, completions, "\n", python=True)
+    assert [(c.index, c.parses) for c in ranked] == [(3, True), (1, True), (0, False), (2, False)]
+    assert ranked[0].middle == "x - 1" and ranked[0].filled == b"def f(x):\n    return x - 1\n"
+    assert ranked[0].mean_logprob == pytest.approx(-0.6)
+    assert ranked[0].to_json() == {"index": 3, "text": "x - 1", "mean_logprob": -0.6, "finish_reason": "stop",
+                                   "parses": True}
+    # Without the check (not Python, or --no-check): by mean log-probability only, `parses` is null.
+    ranked = rank_candidates(source, cursor, completions, "\n", python=False)
+    assert [c.index for c in ranked] == [0, 2, 3, 1]
+    assert [c.mean_logprob for c in ranked] == pytest.approx([-0.1, -0.25, -0.6, -0.8])
+    assert all(c.parses is None for c in ranked)
+
+
+def test_parses_checks_the_whole_file():
+    assert fill.parses(b"def f():\n    return 1\n")
+    assert not fill.parses(b"def f(:\n")
+    assert not fill.parses(b"x = '\xff'\n")  # not UTF-8: not valid Python source
+    assert not fill.parses(b"x = 1\x00\n")
+
+
+def test_best_of_n_json_on_a_real_checkpoint(tmp_path, home, ckpt):
+    path = write(tmp_path / "mod.py", b"def f(x):\n    \n    return x\n")
+    run = sc2([str(path), "--line", "2", "-m", str(ckpt), "--dtype", "float32", "--device", "cpu", "-n", "2",
+               "--max-new-tokens", "6", "--seed", "7", "--json"])
+    assert run.code == 0, run.err
+    assert "sampling at --temperature 0.6" in run.err
+    result = json.loads(run.out)
+    assert set(result) == {"model", "middle", "finish_reason", "mode", "cursor", "prompt_tokens", "truncation",
+                           "candidates"}
+    assert result["model"] == str(ckpt) and result["mode"] == "block"
+    assert result["cursor"] == {"line": 2, "column": 5, "append": False}
+    prefix, suffix = "def f(x):\n    ", "\n    return x\n"
+    assert result["prompt_tokens"] == len(fim_ids(Tokenizer.from_dir(ckpt), prefix, suffix))
+    candidates = result["candidates"]
+    assert len(candidates) == 2 and sorted(c["index"] for c in candidates) == [0, 1]
+    for c in candidates:
+        assert set(c) == {"index", "text", "mean_logprob", "finish_reason", "parses"}
+        assert isinstance(c["parses"], bool) and isinstance(c["mean_logprob"], float) and c["mean_logprob"] <= 0
+        assert c["finish_reason"] in ("stop", "length")
+        filled = fill.filled_bytes(fill.SourceText.from_bytes(path.read_bytes()),
+                                   fill.cursor_at(fill.SourceText.from_bytes(path.read_bytes()), 2), c["text"])
+        assert c["parses"] == fill.parses(filled)
+        assert not any(special in c["text"] for special in SPECIAL_TOKENS)
+    keys = [(not c["parses"], -c["mean_logprob"]) for c in candidates]
+    assert keys == sorted(keys)
+    assert result["middle"] == candidates[0]["text"] and result["finish_reason"] == candidates[0]["finish_reason"]
+
+
+# ---- 8. --dry-run, stdin, bad input -------------------------------------------------------------------------------
+
+
+def test_dry_run_prints_the_exact_prompt_without_loading_weights(tmp_path, home, ckpt, no_weights):
+    path = write(tmp_path / "mod.py", b"def f(x):\r\n    \r\n    return x\r\n")
+    prefix, suffix = "def f(x):\n    ", "\n    return x\n"
+    expected_ids = fim_ids(Tokenizer.from_dir(ckpt), prefix, suffix)
+    run = sc2([str(path), "--line", "2", "-m", str(ckpt), "--dry-run"])
+    assert run.code == 0, run.err
+    assert run.stdout == fim_text(prefix, suffix)
+    assert f"{len(expected_ids)} prompt tokens" in run.err
+    run = sc2([str(path), "--line", "2", "-m", str(ckpt), "--dry-run", "--json"])
+    assert run.code == 0, run.err
+    result = json.loads(run.out)
+    assert result["prompt"] == fim_text(prefix, suffix)
+    assert result["prompt_tokens"] == len(result["ids"]) == len(expected_ids)
+    assert result["ids"] == expected_ids
+    assert result["cursor"] == {"line": 2, "column": 5, "append": False}
+    assert result["truncation"] == {"dropped_context": [], "prefix_chars_cut": 0, "suffix_chars_cut": 0}
+    assert path.read_bytes() == b"def f(x):\r\n    \r\n    return x\r\n"
+
+
+def test_stdin_as_file(home, ckpt, no_weights):
+    data = b"a = 1\n\nb = '\xff'\n"
+    run = sc2(["-", "--line", "2", "-m", str(ckpt), "--dry-run"], input=data)
+    assert run.code == 0, run.err
+    assert run.stdout == fim_text("a = 1\n", "\nb = '\ufffd'\n")
+    sc2(["-", "--line", "2", "-m", str(ckpt), "-w"], input=data).one_line_error(2, "--write needs a file")
+
+
+def test_stdin_diff_and_middle(home, ckpt, scripted):
+    scripted("x = 2<file_sep>")
+    run = sc2(["-", "--line", "2", "-m", str(ckpt)], input=b"a = 1\n\nb = 3\n")
+    assert run.code == 0, run.err
+    assert run.stdout == "x = 2"
+    run = sc2(["-", "--line", "2", "-m", str(ckpt), "--diff"], input=b"a = 1\n\nb = 3\n")
+    assert run.code == 0, run.err
+    assert run.out == b"--- a/stdin\n+++ b/stdin\n@@ -1,3 +1,3 @@\n a = 1\n-\n+x = 2\n b = 3\n"
+
+
+@pytest.mark.parametrize("kind, needle", [
+    ("directory", "is a directory"),
+    ("missing", "does not exist"),
+    ("binary", "looks binary"),
+    ("empty", "is empty"),
+    ("blank", "is empty"),
+])
+def test_unusable_files_exit_2_with_one_line(tmp_path, home, ckpt, no_weights, kind, needle):
+    path = tmp_path / "thing.py"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "binary":
+        path.write_bytes(b"\x7fELF\x00\x01\x02x = 1\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "blank":
+        path.write_bytes(b"\n  \n")
+    sc2([str(path), "--line", "1", "-m", str(ckpt)]).one_line_error(2, needle)
+
+
+@pytest.mark.parametrize("args, needle", [
+    ([], "--line N"),
+    (["--line", "1", "--marker", "X"], "one of them"),
+    (["--marker", "X", "--column", "2"], "--column needs --line"),
+    (["--line", "1", "--mode", "word"], "--mode must be"),
+    (["--line", "1", "--write", "--diff"], "choose one output"),
+    (["--line", "1", "--write", "--json"], "choose one output"),
+    (["--line", "1", "--diff", "--dry-run"], "choose one output"),
+    (["--line", "1", "--write", "--dry-run", "--json"], "choose one output"),
+    (["--line", "1", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["--line", "1", "--max-new-tokens", "509"], "leaves no room"),
+])
+def test_bad_options_exit_2_with_one_line(tmp_path, home, ckpt, no_weights, args, needle):
+    path = write(tmp_path / "a.py", b"x = 1\n")
+    sc2([str(path), *args, "-m", str(ckpt)]).one_line_error(2, needle)
+
+
+# ---- 9. repository context -----------------------------------------------------------------------------------------
+
+
+def test_repo_context_prompt_in_starcoder2_format(tmp_path, home, ckpt, no_weights, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "src" / "a.py", b"A = 1\n")
+    write(tmp_path / "src" / "sub" / "b.py", b"def b():\r\n    return 2\r\n")
+    write(tmp_path / "src" / ".hidden.py", b"SECRET = 1\n")
+    write(tmp_path / "src" / "blob.bin", b"\x00\x01\x02")
+    write(tmp_path / "src" / "main.py", b"from a import A\n\nprint(A)\n")
+    write(tmp_path / "extra.py", b"E = 3\n")
+    args = ["src/main.py", "--line", "2", "--context", "src", "--context", "extra.py", "--repo-name", "org/app",
+            "-m", str(ckpt), "--dry-run"]
+    run = sc2(args)
+    assert run.code == 0, run.err
+    expected = ("<repo_name>org/app"
+                "<file_sep>src/a.py\nA = 1\n"
+                "<file_sep>src/sub/b.py\ndef b():\n    return 2\n"
+                "<file_sep>extra.py\nE = 3\n"
+                "<file_sep><fim_prefix>src/main.py\nfrom a import A\n<fim_suffix>\nprint(A)\n<fim_middle>")
+    assert run.stdout == expected  # FILE is not its own context; hidden and binary files are skipped
+    run = sc2(args + ["--json"])
+    tok = Tokenizer.from_dir(ckpt)
+    sep = tok.token_id("<file_sep>")
+    ids = [tok.token_id("<repo_name>")] + tok.encode_text("org/app")
+    for body in ("src/a.py\nA = 1\n", "src/sub/b.py\ndef b():\n    return 2\n", "extra.py\nE = 3\n"):
+        ids += [sep] + tok.encode_text(body)
+    ids += [sep] + fim_ids(tok, "src/main.py\nfrom a import A\n", "\nprint(A)\n")
+    assert json.loads(run.out)["ids"] == ids
+    # FILE given as its own context is left out too.
+    run = sc2(["src/main.py", "--line", "2", "--context", "src/main.py", "--repo-name", "r", "-m", str(ckpt),
+               "--dry-run"])
+    assert run.code == 0, run.err
+    assert run.stdout == ("<repo_name>r<file_sep><fim_prefix>src/main.py\nfrom a import A\n<fim_suffix>\nprint(A)\n"
+                          "<fim_middle>")
+
+
+def test_repo_name_alone_and_context_alone(tok):
+    prompt = fill.build_prompt(tok, "x = ", "\n", BIG, "m.py", (), "org/app")
+    assert prompt.text == "<repo_name>org/app<file_sep><fim_prefix>m.py\nx = <fim_suffix>\n<fim_middle>"
+    prompt = fill.build_prompt(tok, "x = ", "\n", BIG, "m.py", [ContextFile("c.py", "C = 1\n")])
+    assert prompt.text == "<file_sep>c.py\nC = 1\n<file_sep><fim_prefix>m.py\nx = <fim_suffix>\n<fim_middle>"
+    assert prompt.ids == ([tok.token_id("<file_sep>")] + tok.encode_text("c.py\nC = 1\n")
+                          + [tok.token_id("<file_sep>")] + fim_ids(tok, "m.py\nx = ", "\n"))
+    # No context and no repo name: the plain PSM prompt, without the path.
+    assert fill.build_prompt(tok, "x = ", "\n", BIG, "m.py").text == fim_text("x = ", "\n")
+
+
+def test_missing_context_path_exits_2(tmp_path, home, ckpt, no_weights):
+    path = write(tmp_path / "a.py", b"x = 1\n")
+    sc2([str(path), "--line", "1", "--context", str(tmp_path / "nope"), "-m", str(ckpt)]).one_line_error(
+        2, "does not exist")
