@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .infill import IndentStyle, MiddleFilter, build_prompt
+from .infill import IndentStyle, MiddleFilter, build_prompt, token_budget
 from .trainset import SourceFile
 
 TRIVIAL = re.compile(r"^(?:[\]\)\}]+[,;:]?|else:|try:|finally:|pass|return|break|continue|\.\.\.|[\]\)\}]+\)*:?)$")
@@ -140,9 +140,7 @@ def run(loaded, tasks: Sequence[Task], max_new_tokens: int = 32, batch_size: int
     stop = StopConditions(token_ids=boundary_token_ids(tokenizer), max_new_tokens=max_new_tokens,
                           context_limit=model.config.max_position_embeddings)
     if budget is None:
-        from .cli.infill import infill_budget
-
-        budget = infill_budget(model.config) - max_new_tokens
+        budget = token_budget(model.config) - max_new_tokens
     prompts = [build_prompt(tokenizer, t.prefix, t.suffix, budget) for t in tasks]
     order = sorted(range(len(tasks)), key=lambda i: len(prompts[i].ids))
     results: list[Result | None] = [None] * len(tasks)

@@ -1,21 +1,25 @@
-"""`sc2 bench`: measurements you can reproduce. `sc2 bench infill` scores single-line fill-in-the-middle.
+"""`sc2 bench`: measurements you can reproduce. `sc2 bench infill` scores single-line fill-in-the-middle;
+`sc2 bench speed` measures load time, memory, time to first token, prefill and decode speed against peers.
 
 Examples:
   sc2 bench infill                          # the shipped model on the held-out split of the stdlib
   sc2 bench infill --data ~/code/project -m bigcode/starcoder2-3b --limit 300 --json
+  sc2 bench speed                           # the ~183M shape, bf16, against transformers (and llama.cpp)
+  sc2 bench speed --shape 3b --repeats 3 --json > 3b.json
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ..errors import UsageError
+from ..errors import Sc2Error, UsageError
 from . import common, output
 from .options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OfflineOpt, RevisionOpt
 
-app = typer.Typer(help="Benchmarks: infill exact match.", no_args_is_help=True)
+app = typer.Typer(help="Benchmarks: infill exact match, speed against peers.", no_args_is_help=True)
 
 
 @app.command("infill")
@@ -77,3 +81,97 @@ def bench_infill(
     ]
     width = max(len(k) for k, _ in rows)
     output.write("".join(f"{k:<{width}}  {v}\n" for k, v in rows))
+
+
+@app.command("speed")
+def bench_speed(
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="A checkpoint (any reference sc2 loads) instead of a named shape.",
+        show_default=False)] = None,
+    shape: Annotated[Optional[str], typer.Option(
+        help="shipped | s | 3b | tiny: the shipped model, or random weights of the ~183M shape, the starcoder2-3b "
+        "shape or a tiny one (written once to ~/.cache/sc2/bench). Default: s.", show_default=False)] = None,
+    dtype: Annotated[str, typer.Option(help="bfloat16 | float32 | float16, for every engine.")] = "bfloat16",
+    threads: Annotated[Optional[int], typer.Option(
+        help="Threads of every engine (default: torch's default here).", show_default=False)] = None,
+    repeats: Annotated[int, typer.Option(help="Rounds; each runs every engine once, in a fresh process.")] = 3,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", help="Prompt length (random ids).")] = 512,
+    new_tokens: Annotated[int, typer.Option("--new-tokens", help="Tokens generated per row.")] = 128,
+    peers: Annotated[str, typer.Option(
+        help="Comma-separated peers: transformers, llama.cpp; or none.")] = "transformers,llama.cpp",
+    gguf: Annotated[Optional[Path], typer.Option(
+        help="GGUF of the same weights for the llama.cpp peer (default: model-bf16.gguf etc. in the checkpoint "
+        "folder).", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N.")] = "cpu",
+    bandwidth_gib: Annotated[float, typer.Option(
+        "--bandwidth-gib", help="Size of the tensor the memory bandwidth is measured on.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the random prompts.")] = 0,
+    revision: RevisionOpt = None,
+    offline: OfflineOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Speed side by side: load time, peak RSS, time to first token, prefill and decode tokens/s (batch 1 and 4),
+    as a fraction of the memory-bandwidth roofline, for sc2 and its peers on the same weights."""
+    from .. import bench_speed as bench
+
+    if model is not None and shape is not None:
+        raise UsageError("give --model or --shape, not both")
+    if repeats < 1 or prompt_tokens < 1 or new_tokens < 2:
+        raise UsageError("--repeats and --prompt-tokens must be at least 1, --new-tokens at least 2")
+    if threads is not None and threads < 1:
+        raise UsageError("--threads must be at least 1")
+    if bandwidth_gib <= 0:
+        raise UsageError("--bandwidth-gib must be positive")
+    dtype = dtype.strip().lower()
+    if dtype not in bench.DTYPE_NAMES:
+        raise UsageError(f"unknown dtype {dtype!r}; use {', '.join(bench.DTYPE_NAMES)}")
+    peer_list = [] if peers.strip().lower() in ("", "none") else [p.strip().lower() for p in peers.split(",")]
+    peer_list = ["llama.cpp" if p in ("llama_cpp", "llamacpp", "llama-cpp") else p for p in peer_list]
+    unknown = [p for p in peer_list if p not in bench.PEERS]
+    if unknown:
+        raise UsageError(f"unknown peer {unknown[0]!r}; use transformers, llama.cpp or none")
+    peer_list = list(dict.fromkeys(peer_list))
+    if gguf is not None and not gguf.is_file():
+        raise UsageError(f"--gguf {gguf} does not exist")
+
+    import torch
+
+    from .. import hub
+    from ..devices import resolve_device
+
+    from ..load import load_config
+
+    torch_device = resolve_device(device)
+    written = None
+    name = None
+    if model is not None:
+        path, label = hub.resolve(model, revision=revision, offline=offline), model
+    elif (shape or "s").lower() == "shipped":
+        path, label = hub.shipped_model_dir(), "the shipped model"
+        if not (path / "config.json").is_file():
+            raise UsageError(f"the shipped model is not installed here ({path} is missing); "
+                             "use --shape s or 3b, or --model")
+    else:
+        name = (shape or "s").lower()
+        if name not in bench.SHAPES:
+            raise UsageError(f"unknown shape {shape!r}; use shipped, s, 3b or tiny")
+    config = bench.shape_config(name) if name else load_config(path)
+    if prompt_tokens + new_tokens > config.max_position_embeddings:
+        raise UsageError(f"--prompt-tokens + --new-tokens ({prompt_tokens + new_tokens}) exceed the model's "
+                         f"{config.max_position_embeddings} positions")
+    if name:
+        path, written = bench.random_checkpoint(name, dtype, progress=output.status)
+        label = f"shape {name} (random weights, {path})"
+    plan = bench.BenchPlan(
+        checkpoint=path, label=label, dtype=dtype, threads=threads or torch.get_num_threads(), repeats=repeats,
+        prompt_tokens=prompt_tokens, new_tokens=new_tokens, peers=peer_list, device=str(torch_device), gguf=gguf,
+        bandwidth_gib=bandwidth_gib, seed=seed, written=written,
+    )
+    try:
+        doc = bench.run_bench(plan, progress=output.status)
+    except bench.WorkerFailed as err:
+        raise Sc2Error(f"the sc2 measurement failed: {err}") from None
+    if json_out:
+        output.write_json(doc)
+        return
+    output.write(bench.render_table(doc))

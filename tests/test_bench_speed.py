@@ -1,0 +1,234 @@
+"""`sc2 bench speed`: the worker's JSON record, the roofline arithmetic, the table, --json, the random checkpoint cache.
+
+Everything runs on a tiny random shape, one round, a few tokens, so the subprocesses dominate (a few seconds each).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from cli_helpers import assert_one_line_error, isolated_env, run_sc2
+
+from sc2cli import bench_speed as bench
+from sc2cli.config import Starcoder2Config
+
+FAST = ["--shape", "tiny", "--repeats", "1", "--prompt-tokens", "16", "--new-tokens", "4", "--threads", "1",
+        "--bandwidth-gib", "0.01"]
+METRIC_KEYS = [key for key, *_ in bench.METRICS]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench-home")
+
+
+@pytest.fixture(scope="module")
+def json_run(home):
+    """One `--json` run against transformers on the tiny shape (writes the random checkpoint into the cache)."""
+    result = run_sc2(["bench", "speed", *FAST, "--peers", "transformers", "--json"], home,
+                     XDG_CACHE_HOME=str(home / "cache"))
+    assert result.returncode == 0, result.stderr.decode()
+    return json.loads(result.stdout), result.stderr.decode()
+
+
+def _tiny_checkpoint(home):
+    return home / "cache" / "sc2" / "bench" / "tiny-bfloat16"
+
+
+# ---- arithmetic ------------------------------------------------------------------------------------------------------
+
+def _config(**overrides) -> Starcoder2Config:
+    shape = dict(vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, use_bias=True, tie_word_embeddings=True)
+    return Starcoder2Config(**{**shape, **overrides})
+
+
+def test_bytes_per_token_tied():
+    h, i, layers, kv, vocab = 64, 256, 2, 2 * 16, 512
+    attention = h * h + h + 2 * (h * kv + kv) + h * h + h  # q, k, v, o with biases
+    mlp = h * i + i + i * h + h  # c_fc, c_proj with biases
+    norms = 2 * 2 * h  # two LayerNorms, weight and bias
+    per_layer = attention + mlp + norms
+    expected = layers * per_layer + 2 * h + vocab * h  # final norm; the tied head reads the embeddings in full
+    config = _config()
+    assert bench.parameter_count(config) == expected
+    assert bench.weight_bytes_per_token(config, 2) == 2 * expected
+    assert bench.weight_bytes_per_token(config, 4) == 4 * expected
+
+
+def test_bytes_per_token_untied_reads_one_embedding_row():
+    tied = bench.weight_bytes_per_token(_config(), 2)
+    untied = bench.weight_bytes_per_token(_config(tie_word_embeddings=False), 2)
+    assert untied == tied + 2 * 64  # the separate lm_head is read in full, the embedding one row per token
+    assert bench.parameter_count(_config(tie_word_embeddings=False)) == bench.parameter_count(_config()) + 512 * 64
+
+
+def test_roofline_of_the_s_shape_matches_the_peer_measurements():
+    config = bench.shape_config("s")
+    assert abs(bench.parameter_count(config) / 1e6 - 182.6) < 0.1  # perf-peers.md: 182.6M params, 365 MB in bf16
+    per_token = bench.weight_bytes_per_token(config, 2)
+    assert abs(per_token / 1e6 - 365.2) < 0.5
+    assert abs(bench.roofline_tok_s(74.0, per_token) - 203) < 1  # perf-peers.md: ~199 at ~74 GB/s
+    assert bench.roofline_tok_s(100.0, 10**9, batch=4) == pytest.approx(400.0)
+    assert bench.shape_config("3b").hidden_size == 3072
+
+
+# ---- the random checkpoint cache ---------------------------------------------------------------------------------
+
+def test_random_checkpoint_is_written_once_and_loads(tmp_path):
+    import torch
+
+    from sc2cli.modeling import Starcoder2ForCausalLM
+
+    path, written = bench.random_checkpoint("tiny", "bfloat16", root=tmp_path)
+    assert written and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    mtime = (path / "model.safetensors").stat().st_mtime_ns
+    again, written_again = bench.random_checkpoint("tiny", "bfloat16", root=tmp_path)
+    assert again == path and not written_again
+    assert (path / "model.safetensors").stat().st_mtime_ns == mtime
+    model = Starcoder2ForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    norm = model.model.layers[0].input_layernorm
+    assert torch.equal(norm.weight, torch.ones_like(norm.weight))
+    std = model.model.layers[0].mlp.c_fc.weight.float().std().item()
+    assert 0.018 < std < 0.022
+    # seeded: a second folder holds the same bytes
+    other, _ = bench.random_checkpoint("tiny", "bfloat16", root=tmp_path / "other")
+    assert (other / "model.safetensors").read_bytes() == (path / "model.safetensors").read_bytes()
+    # float32 is a separate folder
+    f32, written_f32 = bench.random_checkpoint("tiny", "float32", root=tmp_path)
+    assert written_f32 and f32 != path
+
+
+def test_random_checkpoint_loads_in_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    path, _ = bench.random_checkpoint("tiny", "float32", root=tmp_path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    assert model.num_parameters() == bench.parameter_count(bench.shape_config("tiny"))
+
+
+# ---- the worker --------------------------------------------------------------------------------------------------
+
+def test_worker_prints_one_json_record(tmp_path):
+    path, _ = bench.random_checkpoint("tiny", "float32", root=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "sc2cli.bench_speed", "worker", "--engine", "sc2", "--checkpoint", str(path),
+         "--dtype", "float32", "--threads", "1", "--prompt-tokens", "12", "--new-tokens", "3"],
+        capture_output=True, text=True, timeout=300, env=isolated_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert set(record) == set(bench.WORKER_KEYS)
+    assert record["engine"] == "sc2" and record["dtype"] == "float32" and record["threads"] == 1
+    assert record["prompt_tokens"] == 12 and record["new_tokens"] == 3
+    for key in ("load_s", "ttft_cold_s", "ttft_s", "prefill_s", "prefill_tok_s", "decode_b1_tok_s", "decode_b4_tok_s"):
+        assert isinstance(record[key], float) and record[key] > 0, key
+    assert record["prefill_tok_s"] == pytest.approx(12 / record["prefill_s"])
+    assert record["decode_b4_tok_s"] == pytest.approx(4 * 2 / record["decode_b4_s"])  # 2 timed steps, 4 rows
+    assert 0 < record["rss_start_bytes"] <= record["rss_load_bytes"] <= record["rss_peak_bytes"]
+
+
+def test_bandwidth_process(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sc2cli.bench_speed", "bandwidth", "--gib", "0.01",
+                             "--passes", "3"], capture_output=True, text=True, timeout=120, env=isolated_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert len(record["samples_gbps"]) == 3 and record["gbps"] > 0 and record["bytes"] == (2**30 // 100) // 4 * 4
+
+
+# ---- the command ------------------------------------------------------------------------------------------------
+
+def test_json_schema(json_run):
+    doc, stderr = json_run
+    assert set(doc) >= {"machine", "settings", "model", "bandwidth", "roofline", "engines", "metrics"}
+    assert doc["machine"]["threads"] == 1 and doc["machine"]["cpu"] and doc["machine"]["torch"]
+    assert doc["settings"] == {"dtype": "bfloat16", "repeats": 1, "prompt_tokens": 16, "new_tokens": 4, "seed": 0,
+                               "peers": ["transformers"], "bandwidth_gib": 0.01}
+    model = doc["model"]
+    assert model["parameters"] == bench.parameter_count(bench.shape_config("tiny"))
+    assert model["weight_bytes"] == 2 * model["parameters"]
+    assert model["bytes_per_token"] == bench.weight_bytes_per_token(bench.shape_config("tiny"), 2)
+    assert model["checkpoint_written"] is True and "writing random tiny weights" in stderr
+    assert len(doc["bandwidth"]["samples"]) == 1 and doc["bandwidth"]["gbps"] > 0
+    assert doc["roofline"]["batch4_tok_s"] == pytest.approx(4 * doc["roofline"]["batch1_tok_s"])
+    assert [m["key"] for m in doc["metrics"]] == METRIC_KEYS
+    assert set(doc["engines"]) == {"sc2", "transformers"}
+    for name, engine in doc["engines"].items():
+        assert engine["available"] and not engine["errors"], (name, engine["errors"])
+        (sample,) = engine["samples"]
+        assert set(bench.WORKER_KEYS) <= set(sample) and sample["engine"] == name
+        assert sample["roofline_b1"] == pytest.approx(
+            sample["decode_b1_tok_s"] / bench.roofline_tok_s(sample["bandwidth_gbps"], model["bytes_per_token"]))
+        assert sample["rss_ratio"] == pytest.approx(sample["rss_peak_bytes"] / model["weight_bytes"])
+        assert set(engine["summary"]) == set(METRIC_KEYS)
+        for key in METRIC_KEYS:
+            stats = engine["summary"][key]
+            assert stats["median"] == stats["min"] == stats["max"] == sample[key] and stats["n"] == 1
+
+
+def test_table_has_every_metric_row():
+    doc = {
+        "machine": {"cpu": "Test CPU", "threads": 2, "torch": "2.x", "device": "cpu", "gpu": None},
+        "settings": {"dtype": "bfloat16", "repeats": 3, "prompt_tokens": 512, "new_tokens": 128},
+        "model": {"label": "shape s", "parameters": 182_600_000, "weight_bytes": 365_200_000,
+                  "bytes_per_token": 365_200_000},
+        "bandwidth": {"gbps": 70.0, "min_gbps": 65.0, "max_gbps": 74.0, "samples": [{}, {}, {}]},
+        "roofline": {"batch1_tok_s": 191.7, "batch4_tok_s": 766.8},
+    }
+    samples = [{**{k: 1.0 + r for k in METRIC_KEYS}, "version": "5.0"} for r in range(3)]
+    doc["engines"] = {
+        "sc2": {"available": True, "reason": None, "samples": samples, "summary": bench.summarize(samples)},
+        "transformers": {"available": True, "reason": None, "samples": samples, "summary": bench.summarize(samples)},
+        "llama.cpp": {"available": False, "reason": "not installed", "samples": [], "summary": bench.summarize([])},
+    }
+    table = bench.render_table(doc)
+    assert "Test CPU" in table and "2 threads" in table and "bfloat16" in table and "182.6M parameters" in table
+    assert "70.0 GB/s (65.0–74.0)" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert header == ["metric", "sc2", "transformers", "llama.cpp", "sc2/transformers", "sc2/llama.cpp"]
+    labels = [c.strip("|").split("|")[0].strip() for c in rows[1:]]
+    assert labels == ["available"] + [label.strip() for _, label, *_ in bench.METRICS]
+    assert "not installed" in rows[1]
+    decode = next(r for r in rows if "decode, batch 1" in r)
+    assert "2.0 (1.0–3.0)" in decode and "1.00x" in decode
+    assert len({len(r) for r in rows}) == 1  # aligned
+
+
+def test_table_run_reuses_the_cached_checkpoint(json_run, home):
+    checkpoint = _tiny_checkpoint(home) / "model.safetensors"
+    mtime = checkpoint.stat().st_mtime_ns
+    result = run_sc2(["bench", "speed", *FAST, "--peers", "llama.cpp"], home, XDG_CACHE_HOME=str(home / "cache"))
+    assert result.returncode == 0, result.stderr.decode()
+    stderr, table = result.stderr.decode(), result.stdout.decode()
+    assert "writing random" not in stderr
+    assert checkpoint.stat().st_mtime_ns == mtime
+    for _, label, *_ in bench.METRICS:
+        assert f"| {label.strip()}" in table or f"|   {label.strip()}" in table, label
+    assert "sc2/llama.cpp" in table
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        assert "not installed" in table
+
+
+def test_usage_errors(tmp_path):
+    assert_one_line_error(run_sc2(["bench", "speed", "--shape", "s", "-m", "x"], tmp_path), 2, "not both")
+    assert_one_line_error(run_sc2(["bench", "speed", "--peers", "vllm"], tmp_path), 2, "unknown peer")
+    assert_one_line_error(run_sc2(["bench", "speed", "--shape", "7b"], tmp_path), 2, "unknown shape")
+    assert_one_line_error(run_sc2(["bench", "speed", *FAST, "--prompt-tokens", "5000"], tmp_path,
+                                  XDG_CACHE_HOME=str(tmp_path / "cache")), 2, "exceed")
+
+
+def test_help_does_not_import_torch(tmp_path):
+    code = ("import sys; from sc2cli.cli import main\n"
+            "try:\n    main(['bench', 'speed', '--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=isolated_env(tmp_path), timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
