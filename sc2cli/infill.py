@@ -269,6 +269,13 @@ def _fit_chars(tokenizer: Tokenizer, line: str, limit: int, from_end: bool) -> s
     return ""
 
 
+def token_budget(config) -> int:
+    """Tokens a FIM prompt plus its middle may use: the context, and no more than the sliding window, so the end
+    of the prefix stays in direct view of the tokens being generated."""
+    budget = config.max_position_embeddings
+    return min(budget, config.sliding_window) if config.sliding_window else budget
+
+
 # ---- when the middle ends ------------------------------------------------------------------------------------------
 
 _INDENT = re.compile(r"[ \t]*")

@@ -101,10 +101,10 @@ def infill(
     from ..load import load_config_and_tokenizer
 
     config, tokenizer, _ = load_config_and_tokenizer(common.model_ref(model), revision, offline)
-    budget = infill_budget(config) - max_new_tokens
+    budget = fill.token_budget(config) - max_new_tokens
     if budget < 8:
         raise UsageError(f"--max-new-tokens {max_new_tokens} leaves no room for the prompt in a "
-                         f"{infill_budget(config)}-token context")
+                         f"{fill.token_budget(config)}-token context")
     prompt = fill.build_prompt(tokenizer, prefix, suffix, budget, display_path, context_files, repo_name)
     if prompt.truncation.any:
         output.warning(f"the prompt did not fit {budget} tokens: {prompt.truncation.describe()}")
@@ -242,13 +242,6 @@ def load_context(paths: list[str], exclude: str) -> list:
             text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
             files.append(ContextFile(path.as_posix(), text))
     return files
-
-
-def infill_budget(config) -> int:
-    """Tokens a FIM prompt plus its middle may use: the context, and no more than the sliding window, so the end
-    of the prefix stays in direct view of the tokens being generated."""
-    budget = config.max_position_embeddings
-    return min(budget, config.sliding_window) if config.sliding_window else budget
 
 
 def _cursor_json(cursor) -> dict:
