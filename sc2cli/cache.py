@@ -15,6 +15,10 @@ from torch import Tensor
 from .config import Starcoder2Config
 
 
+# Returned instead of a mask when plain causal attention over exactly the new keys is exact (the fast kernel path).
+CAUSAL = "causal"
+
+
 def attention_mask(
     query_columns: Tensor, key_columns: Tensor, key_valid: Tensor | None, window: int | None, dtype: torch.dtype
 ) -> Tensor:
@@ -55,14 +59,16 @@ class KVCache:
         self.slot_valid = torch.ones((batch_size, self.capacity), dtype=torch.bool, device=device)
         self.max_length = max_length
         self.seen = 0  # columns written so far (host-side, so no device sync is needed to read it)
+        self.padded = False  # whether any column was ever written as padding (then masks are always needed)
         self._step: _Step | None = None
 
     @property
     def batch_size(self) -> int:
         return self.keys.shape[1]
 
-    def begin(self, num_new: int, valid: Tensor | None, dtype: torch.dtype) -> Tensor:
-        """Prepare to append `num_new` columns (validity `valid` (B, num_new) or None) and return their mask."""
+    def begin(self, num_new: int, valid: Tensor | None, dtype: torch.dtype) -> Tensor | str | None:
+        """Prepare to append `num_new` columns (validity `valid` (B, num_new) or None) and return their mask:
+        a tensor, `CAUSAL`, or None when every key the queries will see is allowed (decode without padding)."""
         if self.seen + num_new > self.max_length:
             raise ValueError(f"KV cache holds {self.max_length} positions; {self.seen + num_new} requested")
         device = self.keys.device
@@ -85,6 +91,14 @@ class KVCache:
             key_columns = torch.cat([self.slot_columns, new_columns])
             key_valid = torch.cat([self.slot_valid, new_valid], dim=1)
         self._step = _Step(start, num_new, slots, new_columns, new_valid, write_first)
+        if valid is not None and not self.padded:
+            self.padded = not bool(new_valid.all())
+        if write_first and not self.padded:
+            # The slots in use hold only real columns inside the window (the ring keeps exactly the window).
+            if num_new == 1:
+                return None
+            if start == 0 and (self.window is None or num_new <= self.window):
+                return CAUSAL
         return attention_mask(new_columns, key_columns, key_valid, self.window, dtype)
 
     def update(self, layer: int, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:

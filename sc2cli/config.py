@@ -45,6 +45,13 @@ POSITIVE_INT_FIELDS = (
     "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
 )
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+# More labels than any classifier has: a bound so a corrupt num_labels cannot make sc2 build a giant label table.
+MAX_LABELS = 100_000
+# Likewise layers (the largest published models have ~130): the model is built before its weights are checked.
+MAX_LAYERS = 1024
+# And widths (real ones are below 2**18), so no product of two of them overflows a tensor's size.
+MAX_WIDTH = 2**24
+WIDTH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
 
 # Required keys per rope type (spec §1.2); rope_theta is always filled in.
 ROPE_REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
@@ -57,6 +64,9 @@ ROPE_REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
 }
 # Rope types whose pretraining length defaults to max_position_embeddings (v5 standardisation).
 ROPE_WITH_ORIGINAL_LENGTH = ("yarn", "longrope", "llama3")
+
+# What to do about a damaged config.json.
+REFETCH = "repair it or download the checkpoint again"
 
 # Keys a checkpoint may carry that must never influence what we run.
 IGNORED_KEYS = ("auto_map",)
@@ -127,8 +137,8 @@ class Starcoder2Config:
         return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
     def _set_labels(self, id2label: dict | None, num_labels: int | None) -> None:
-        if num_labels is not None and (type(num_labels) is not int or num_labels < 0):
-            raise ValueError(f"config field 'num_labels' must be a non-negative integer, got {num_labels!r}")
+        if num_labels is not None and (type(num_labels) is not int or not 0 <= num_labels <= MAX_LABELS):
+            raise ValueError(f"config field 'num_labels' must be an integer in [0, {MAX_LABELS}], got {num_labels!r}")
         if id2label is not None and not isinstance(id2label, dict):
             raise ValueError(f"config field 'id2label' must be a JSON object, got {id2label!r}")
         # As in the reference, an explicit num_labels that disagrees with id2label rebuilds the LABEL_i names.
@@ -147,13 +157,25 @@ class Starcoder2Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"config field '{name}' must be a positive integer, got {value!r}")
+        for name in WIDTH_FIELDS:
+            if getattr(self, name) > MAX_WIDTH:
+                raise ValueError(f"config field '{name}' must be at most {MAX_WIDTH}, got {getattr(self, name)}")
+        if self.num_hidden_layers > MAX_LAYERS:
+            raise ValueError(f"config field 'num_hidden_layers' must be at most {MAX_LAYERS}, "
+                             f"got {self.num_hidden_layers}")
         head_dim = self.head_dim
-        if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0):
-            raise ValueError(f"config field 'head_dim' must be a positive integer, got {self.head_dim!r}")
+        if head_dim is not None and (not _is_int(head_dim) or not 0 < head_dim <= MAX_WIDTH):
+            raise ValueError(f"config field 'head_dim' must be a positive integer up to {MAX_WIDTH}, "
+                             f"got {self.head_dim!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"config field 'num_attention_heads' ({self.num_attention_heads}) must be divisible by "
                 f"'num_key_value_heads' ({self.num_key_value_heads})"
+            )
+        if self.head_size < 1:
+            raise ValueError(
+                f"config field 'hidden_size' ({self.hidden_size}) is smaller than 'num_attention_heads' "
+                f"({self.num_attention_heads}), so the heads have no width (set 'head_dim' or fix the sizes)"
             )
         if self.head_size % 2:
             raise ValueError(f"config field 'head_dim' must be even for rotary embeddings, got {self.head_size}")
@@ -164,14 +186,30 @@ class Starcoder2Config:
             raise ValueError(f"config field 'hidden_act' has unsupported value {self.hidden_act!r}")
         for name in ("attention_dropout", "residual_dropout", "embedding_dropout"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"config field '{name}' must be a probability in [0, 1], got {value!r}")
-        if not isinstance(self.norm_epsilon, (int, float)) or self.norm_epsilon <= 0:
-            raise ValueError(f"config field 'norm_epsilon' must be positive, got {self.norm_epsilon!r}")
+        if not _is_number(self.norm_epsilon) or self.norm_epsilon <= 0:
+            raise ValueError(f"config field 'norm_epsilon' must be a positive number, got {self.norm_epsilon!r}")
+        for name in ("tie_word_embeddings", "use_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"config field '{name}' must be true or false, got {getattr(self, name)!r}")
+        pad = self.pad_token_id
+        if pad is not None and (not _is_int(pad) or not 0 <= pad < self.vocab_size):
+            raise ValueError(f"config field 'pad_token_id' must be null or a token id below vocab_size "
+                             f"({self.vocab_size}), got {pad!r}")
+        if self.bos_token_id is not None and not _is_int(self.bos_token_id):
+            raise ValueError(f"config field 'bos_token_id' must be null or a token id, got {self.bos_token_id!r}")
+        eos = self.eos_token_id
+        if eos is not None and not (_is_int(eos) or isinstance(eos, (list, tuple)) and all(map(_is_int, eos))):
+            raise ValueError(f"config field 'eos_token_id' must be null, a token id or a list of them, got {eos!r}")
         if self.problem_type not in PROBLEM_TYPES:
             raise ValueError(f"config field 'problem_type' must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
         if self.problem_type == "single_label_classification" and self.num_labels == 1:
             raise ValueError("config field 'problem_type' 'single_label_classification' needs num_labels > 1")
+        architectures = getattr(self, "architectures", None)
+        if architectures is not None and not (
+                isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
+            raise ValueError(f"config field 'architectures' must be a list of class names, got {architectures!r}")
         _validate_rope(self.rope_parameters, self.head_size)
 
     # ---- (de)serialisation ----------------------------------------------------------------------------------
@@ -188,11 +226,13 @@ class Starcoder2Config:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+            raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); {REFETCH}") from None
         except UnicodeDecodeError:
-            raise ValueError(f"{path} is not UTF-8 text") from None
+            raise ValueError(f"{path} is not UTF-8 text; {REFETCH}") from None
+        except RecursionError:
+            raise ValueError(f"{path} is not valid JSON (nested too deeply); {REFETCH}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object")
+            raise ValueError(f"{path} must hold a JSON object; {REFETCH}")
         return cls.from_dict(data)
 
     @classmethod
@@ -270,8 +310,24 @@ def _standardize_rope(
     return params
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (JSON's NaN and Infinity, and booleans, are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# Optional numeric rope keys the rotary code computes with: each must be a finite number when present.
+ROPE_NUMBERS = ("low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow", "attention_factor", "mscale",
+                "mscale_all_dim")
+
+
 def _validate_rope(params: dict[str, Any], head_size: int) -> None:
     rope_type = params["rope_type"]
+    if not isinstance(rope_type, str):
+        raise ValueError(f"config field 'rope_parameters.rope_type' must be a string, got {rope_type!r}")
     if rope_type not in ROPE_REQUIRED_KEYS:
         known = ", ".join(ROPE_REQUIRED_KEYS)
         raise ValueError(f"config field 'rope_parameters.rope_type' is {rope_type!r}; known types: {known}")
@@ -282,9 +338,22 @@ def _validate_rope(params: dict[str, Any], head_size: int) -> None:
     if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0 or not math.isfinite(theta):
         raise ValueError(f"config field 'rope_theta' must be a positive number, got {theta!r}")
     factor = params.get("factor")
-    if factor is not None and (not isinstance(factor, (int, float)) or factor <= 0):
+    if factor is not None and (not _is_number(factor) or factor <= 0):
         raise ValueError(f"config field 'rope_parameters.factor' must be a positive number, got {factor!r}")
+    for key in ROPE_NUMBERS:
+        value = params.get(key)
+        if value is not None and (not _is_number(value) or key != "attention_factor" and value <= 0):
+            raise ValueError(f"config field 'rope_parameters.{key}' must be a positive number, got {value!r}")
+    original = params.get("original_max_position_embeddings")
+    if rope_type in ROPE_WITH_ORIGINAL_LENGTH and (not _is_int(original) or original < 2):
+        raise ValueError("config field 'original_max_position_embeddings' must be an integer of at least 2, "
+                         f"got {original!r}")
+    if "truncate" in params and not isinstance(params["truncate"], bool):
+        raise ValueError(f"config field 'rope_parameters.truncate' must be true or false, got {params['truncate']!r}")
+    if rope_type == "dynamic" and head_size <= 2:
+        raise ValueError(f"rope type 'dynamic' needs a head size above 2, got {head_size}")
     if rope_type == "longrope":
         for key in ("short_factor", "long_factor"):
-            if not isinstance(params[key], list) or len(params[key]) != head_size // 2:
+            values = params[key]
+            if not isinstance(values, list) or len(values) != head_size // 2 or not all(map(_is_number, values)):
                 raise ValueError(f"config field 'rope_parameters.{key}' must be a list of {head_size // 2} numbers")

@@ -114,6 +114,8 @@ def stream(
         raise ValueError(f"prompt of {longest} tokens leaves no room in a context of {limit}")
     new_tokens = min(stop.max_new_tokens, limit - longest)
     pad_id = config.pad_token_id if config.pad_token_id is not None else (config.eos_token_ids or [0])[0]
+    if not 0 <= pad_id < config.vocab_size:
+        pad_id = 0  # padded positions are masked, so any in-range id will do
 
     ids, mask = _left_pad(prompts, pad_id, device)
     cache = KVCache(config, len(prompts), ids.shape[1] + new_tokens, dtype=model.dtype, device=device)
@@ -138,7 +140,6 @@ def stream(
     detokenizers = [IncrementalDetokenizer(tokenizer, skip_special_tokens=True) if tokenizer else None for _ in range(rows)]
     matchers = [stop.make_filter(row) for row in range(rows)]
     active = [True] * rows
-    step_mask = torch.ones((rows, 1), dtype=torch.long, device=device)
 
     for t in range(new_tokens):
         processed = process_logits(logits, sampling, seen[:, :width + t], seen_mask[:, :width + t])
@@ -171,10 +172,9 @@ def stream(
             yield Step(row, token, text, logprob_list[row])
         if not any(active):
             return
-        step_mask[:, 0] = torch.tensor(active, dtype=torch.long, device=device)
         with torch.inference_mode():
-            logits = model(chosen[:, None], attention_mask=step_mask, position_ids=next_position[:, None],
-                           cache=cache).logits[:, -1]
+            # Finished rows keep decoding (their tokens are ignored), so no mask is needed for the new column.
+            logits = model(chosen[:, None], position_ids=next_position[:, None], cache=cache).logits[:, -1]
         next_position += 1
 
 

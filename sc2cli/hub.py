@@ -50,7 +50,8 @@ def resolve(ref: str, revision: str | None = None, offline: bool = False) -> Pat
     if path.is_dir():
         return path
     if ref.startswith((".", "/", "~")) or os.sep in ref.rstrip(os.sep) and not REPO_ID.match(ref):
-        raise UsageError(f"model path {ref} does not exist")
+        raise UsageError(f"model path {ref} does not exist; give a checkpoint folder, a Hub repo id like "
+                         f"bigcode/starcoder2-3b, or the shipped model {SHIPPED_MODEL!r}")
     if not REPO_ID.match(ref):
         raise UsageError(
             f"model {ref!r} is neither a folder nor a Hub repo id like bigcode/starcoder2-3b "

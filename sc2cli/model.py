@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cache import KVCache, attention_mask
+from .cache import CAUSAL, KVCache, attention_mask
 from .config import Starcoder2Config
 from .rope import RotaryEmbedding, apply_rotary
 
@@ -45,25 +45,54 @@ class Starcoder2Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | str | None, cache: KVCache | None) -> Tensor:
+        """mask: an additive mask, `CAUSAL`, or None (attend to every key: a single decoded token)."""
         batch, length, _ = x.shape
-        q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, n, S, D)
-        k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, S, D)
-        v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.project_qkv(x)
+        q = q.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, n, S, D)
+        k = k.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, S, D)
+        v = v.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
+        causal = isinstance(mask, str)
         out = F.scaled_dot_product_attention(
             q, k, v,
-            attn_mask=mask,
-            # No mask and no cache means plain causal attention (the fast kernel path).
-            is_causal=mask is None and cache is None and length > 1,
+            attn_mask=None if causal else mask,
+            is_causal=causal and length > 1,
             dropout_p=self.attention_dropout if self.training else 0.0,
             scale=self.scaling,
             enable_gqa=self.num_kv_heads != self.num_heads,
         )
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
         return F.dropout(self.o_proj(out), p=self.residual_dropout, training=self.training)
+
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        fused = getattr(self, "qkv_weight", None)
+        if fused is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        qkv = F.linear(x, fused, getattr(self, "qkv_bias", None))
+        kv = self.num_kv_heads * self.head_dim
+        return qkv.split([self.num_heads * self.head_dim, kv, kv], dim=-1)
+
+    def fuse_qkv(self) -> None:
+        """One matrix for q, k and v (one matmul instead of three in decode). The q/k/v parameters become views
+        of it, so the memory is not doubled and the checkpoint names are unchanged."""
+        if getattr(self, "qkv_weight", None) is not None:
+            return
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([p.weight.detach() for p in projections])
+        bias = torch.cat([p.bias.detach() for p in projections]) if self.q_proj.bias is not None else None
+        self.register_buffer("qkv_weight", weight, persistent=False)
+        self.register_buffer("qkv_bias", bias, persistent=False)
+        start = 0
+        for p in projections:
+            rows = p.weight.shape[0]
+            p.weight = nn.Parameter(weight[start:start + rows], requires_grad=False)
+            if bias is not None:
+                p.bias = nn.Parameter(bias[start:start + rows], requires_grad=False)
+            start += rows
 
 
 class Starcoder2MLP(nn.Module):
@@ -86,7 +115,7 @@ class Starcoder2DecoderLayer(nn.Module):
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.norm_epsilon)
         self.mlp = Starcoder2MLP(config)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | str | None, cache: KVCache | None) -> Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -129,6 +158,14 @@ class Starcoder2PreTrainedModel(nn.Module):
 
     def tie_weights(self) -> None:
         pass
+
+    def prepare_for_inference(self) -> "Starcoder2PreTrainedModel":
+        """Eval mode and fused q/k/v projections; the weights keep their checkpoint names for saving."""
+        self.eval()
+        for module in self.modules():
+            if isinstance(module, Starcoder2Attention):
+                module.fuse_qkv()
+        return self
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | None = None, device: torch.device | str | None = None, **overrides):
@@ -201,11 +238,11 @@ class Starcoder2Model(Starcoder2PreTrainedModel):
         )
 
 
-def uncached_mask(length: int, padding: Tensor | None, window: int | None, dtype: torch.dtype, device) -> Tensor | None:
-    """Mask of an uncached forward, or None when plain causal attention is exact: no padding and no window
+def uncached_mask(length: int, padding: Tensor | None, window: int | None, dtype: torch.dtype, device) -> Tensor | str:
+    """Mask of an uncached forward, or `CAUSAL` when plain causal attention is exact: no padding and no window
     inside the sequence (which is how training runs, on the fast kernel)."""
     if (padding is None or bool(padding.all())) and (window is None or length <= window):
-        return None
+        return CAUSAL
     columns = torch.arange(length, device=device)
     return attention_mask(columns, columns, padding.bool() if padding is not None else None, window, dtype)
 

@@ -24,6 +24,8 @@ from .errors import CheckpointError
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin")
+DAMAGED = "the file is damaged or incomplete: download the checkpoint again"
+MISMATCHED = "config.json and the weights do not belong together: use the files of one checkpoint"
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -50,7 +52,8 @@ def weight_files(directory: Path) -> list[Path]:
             f"{directory} has only pickle (.bin) weights; sc2 loads safetensors only, because unpickling can run "
             "arbitrary code. Convert the checkpoint to safetensors first"
         )
-    raise CheckpointError(f"no model.safetensors or {INDEX_FILE} in {directory}")
+    raise CheckpointError(f"no model.safetensors or {INDEX_FILE} in {directory}; download the checkpoint again "
+                          "(sc2 reads safetensors weights only)")
 
 
 def _expected_names(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -84,7 +87,7 @@ def load_state(model: nn.Module, directory: Path, dtype: torch.dtype, device: to
             for key in handles[path].keys():
                 key_to_file[key] = path
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read {path}: {_one_line(err)}") from None
+        raise CheckpointError(f"cannot read {path}: {_one_line(err)}; {DAMAGED}") from None
 
     available = set(key_to_file)
     _untie_if_head_differs(model, handles, key_to_file)
@@ -101,18 +104,19 @@ def load_state(model: nn.Module, directory: Path, dtype: torch.dtype, device: to
         shape = tuple(handle.get_slice(key).get_shape())
         if shape != tuple(param.shape):
             raise CheckpointError(
-                f"tensor {key} in {key_to_file[key]} has shape {list(shape)}, the config needs {list(param.shape)}"
+                f"tensor {key} in {key_to_file[key]} has shape {list(shape)}, the config needs {list(param.shape)}; "
+                f"{MISMATCHED}"
             )
         tensor = _read_tensor(handle, key, key_to_file[key])
         state[name] = nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=param.requires_grad)
         used.add(key)
     if missing:
         raise CheckpointError(f"checkpoint {directory} lacks tensor {missing[0]}" + (
-            f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+            f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") + f"; {MISMATCHED}, or download it again")
     unexpected = sorted(available - used - _tolerated_extras(model, available))
     if unexpected:
         raise CheckpointError(f"checkpoint {directory} has unexpected tensor {unexpected[0]}" + (
-            f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+            f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "") + f"; {MISMATCHED}")
     for name, value in state.items():
         module_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(module_name), attr, value)
@@ -123,7 +127,7 @@ def _read_tensor(handle, key: str, path: Path) -> torch.Tensor:
     try:
         return handle.get_tensor(key)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"cannot read tensor {key} from {path}: {_one_line(err)}") from None
+        raise CheckpointError(f"cannot read tensor {key} from {path}: {_one_line(err)}; {DAMAGED}") from None
 
 
 def _untie_if_head_differs(model: nn.Module, handles: dict, key_to_file: dict[str, Path]) -> None:
@@ -163,7 +167,8 @@ def load_pretrained(cls, path, dtype: torch.dtype | None = None, device=None, **
     try:
         config = Starcoder2Config.from_pretrained(directory)
     except FileNotFoundError:
-        raise CheckpointError(f"{directory} has no config.json; is this a StarCoder2 checkpoint?") from None
+        raise CheckpointError(f"{directory} has no config.json; is this a StarCoder2 checkpoint? (a folder with "
+                              "config.json, model.safetensors and tokenizer.json)") from None
     except ValueError as err:  # unreadable or invalid config.json, or another model type
         message, config_path = str(err), str(directory / "config.json")
         raise CheckpointError(message if config_path in message else f"{config_path}: {message}") from None
@@ -211,7 +216,7 @@ def save_pretrained(model: nn.Module, directory, max_shard_size: int | str = "5G
     config.save_pretrained(directory)
 
     names = _expected_names(model)
-    tensors = {name: p.detach().to("cpu").contiguous() for name, p in names.items()}
+    tensors = {name: _standalone(p.detach().to("cpu")) for name, p in names.items()}
     limit = parse_size(max_shard_size)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -237,6 +242,14 @@ def save_pretrained(model: nn.Module, directory, max_shard_size: int | str = "5G
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+def _standalone(tensor: torch.Tensor) -> torch.Tensor:
+    """safetensors refuses tensors that share memory (fused q/k/v views): copy only those."""
+    tensor = tensor.contiguous()
+    if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+        tensor = tensor.clone()
+    return tensor
 
 
 def _atomic_save(tensors: dict, path: Path, metadata: dict) -> None:

@@ -36,9 +36,12 @@ def pair(tmp_path_factory):
     return ref, Starcoder2ForCausalLM.from_pretrained(directory)
 
 
-@pytest.mark.parametrize("chunk", [512, 7])
-def test_greedy_equals_transformers_across_the_window(pair, chunk):
+@pytest.mark.parametrize("chunk, fused", [(512, False), (7, False), (7, True)])
+def test_greedy_equals_transformers_across_the_window(pair, chunk, fused, tmp_path):
     ref, ours = pair
+    if fused:
+        ref.save_pretrained(tmp_path)
+        ours = Starcoder2ForCausalLM.from_pretrained(tmp_path).prepare_for_inference()
     prompt = _prompt(24, seed=1)  # the window is crossed in the prompt and again while decoding
     new = 72
     with torch.no_grad():

@@ -272,3 +272,22 @@ def test_bfloat16_matches_reference_in_bfloat16(tmp_path):
     assert diff <= 2e-2
     # Our bf16 is as close to the fp32 truth as the reference's bf16 is.
     assert _max_diff(got, exact) <= 1.5 * _max_diff(expected, exact) + 1e-3 * scale
+
+
+@pytest.mark.parametrize("name", ["gqa", "mqa", "no-bias", "window-5-mqa-untied"])
+def test_inference_preparation_keeps_numbers_and_checkpoint_names(name, tmp_path):
+    """Fused q/k/v (inference) gives the same logits, and saving still writes the reference layout."""
+    config = tiny_config(**CONFIGS[name])
+    ref = reference_model("Starcoder2ForCausalLM", **config)
+    ref.save_pretrained(tmp_path / "ref")
+    ours = modeling.Starcoder2ForCausalLM.from_pretrained(tmp_path / "ref").prepare_for_inference()
+    assert ours.model.layers[0].self_attn.qkv_weight is not None
+    ids = _ids(2, SEQ)
+    with torch.no_grad():
+        diff = _record(f"causal-lm {name} fused qkv", _max_diff(ref(ids).logits, ours(ids).logits))
+    assert diff <= FP32_TOL
+    ours.save_pretrained(tmp_path / "ours")
+    back = load_reference("Starcoder2ForCausalLM", tmp_path / "ours")
+    assert set(back.state_dict()) == set(ref.state_dict())
+    with torch.no_grad():
+        assert _max_diff(back(ids).logits, ref(ids).logits) <= FP32_TOL

@@ -39,7 +39,7 @@ def read_text_input(text: str | None, what: str = "prompt") -> str:
         except UnicodeDecodeError:
             raise UsageError(f"the {what} on stdin is not UTF-8 text") from None
     if text == "":
-        raise UsageError(f"the {what} is empty")
+        raise UsageError(f"the {what} is empty; give some text as an argument or on stdin")
     return text
 
 
