@@ -129,7 +129,7 @@ def test_download_refuses_pickle_only_and_bad_ids():
 def test_models_lists_starcoder2_checkpoints_only(home):
     result = run_sc2(["models"], home)
     assert result.returncode == 0, result.stderr.decode()
-    lines = result.stdout.decode().splitlines()
+    lines = [line for line in result.stdout.decode().splitlines() if not line.startswith("sc2-tiny\t")]
     assert len(lines) == 1, lines  # other/bert is not StarCoder2; broken/entry is corrupt (a warning, no crash)
     model, revision, size, modified, path = lines[0].split("\t")
     assert model == "owner/name" and revision == f"{COMMIT[:7]} (main)"
@@ -141,7 +141,9 @@ def test_models_lists_starcoder2_checkpoints_only(home):
 def test_models_json_schema(in_process, checkpoint):
     result = invoke(["models", "--json"])
     assert result.exit_code == 0
-    (entry,) = json.loads(result.stdout)
+    entries = json.loads(result.stdout)
+    assert all(e["source"] == "shipped" for e in entries if e["model"] == "sc2-tiny")
+    (entry,) = [e for e in entries if e["source"] != "shipped"]
     assert set(entry) == {"model", "revision", "refs", "size_bytes", "size", "last_modified", "path", "source"}
     assert entry["model"] == "owner/name" and entry["revision"] == COMMIT and entry["refs"] == ["main"]
     assert entry["source"] == "hub"
@@ -153,6 +155,7 @@ def test_models_in_an_empty_cache(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "nothing-here"))
+    monkeypatch.setattr("sc2cli.hub.shipped_model_dir", lambda: tmp_path / "no-shipped-model")
     assert invoke(["models", "--json"]).stdout == "[]\n"
     assert invoke(["models"]).stdout == ""
 
