@@ -80,10 +80,17 @@ def download(repo_id: str, revision: str | None = None, offline: bool = False) -
         raise ModelNotCached(
             f"model {repo_id} is not in the local cache and {reason}; fetch it with `sc2 download {repo_id}{rev}`"
         ) from None
-    except GatedRepoError:
-        raise Sc2Error(f"{repo_id} is gated: accept its licence on huggingface.co and set HF_TOKEN") from None
-    except RepositoryNotFoundError:
-        raise UsageError(f"no model {repo_id} on the Hub (or it is private: set HF_TOKEN)") from None
-    except RevisionNotFoundError:
-        raise UsageError(f"{repo_id} has no revision {revision!r}") from None
+    except (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError) as err:
+        raise hub_error(err, repo_id, revision) from None
     return Path(folder)
+
+
+def hub_error(err: Exception, repo_id: str, revision: str | None) -> Sc2Error:
+    """The one-line sc2 error for a Hub refusal (gated, unknown repo, unknown revision)."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(err, GatedRepoError):  # a subclass of RepositoryNotFoundError: test it first
+        return Sc2Error(f"{repo_id} is gated: accept its licence on huggingface.co and set HF_TOKEN")
+    if isinstance(err, RepositoryNotFoundError):
+        return UsageError(f"no model {repo_id} on the Hub (or it is private: set HF_TOKEN)")
+    return UsageError(f"{repo_id} has no revision {revision!r}")

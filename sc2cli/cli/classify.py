@@ -73,17 +73,11 @@ def classify(
     examples = split_examples(data, lines, from_stdin)
 
     from .. import hub
-    from ..config import Starcoder2Config
-    from ..errors import CheckpointError
+    from ..load import load_config
 
     ref = common.model_ref(model)
     path = hub.resolve(ref, revision=revision, offline=offline)
-    try:
-        config = Starcoder2Config.from_pretrained(path)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} has no config.json; is it a StarCoder2 checkpoint?") from None
-    except ValueError as err:
-        raise CheckpointError(f"{path / 'config.json'}: {err}") from None
+    config = load_config(path)
     arch = architecture(config, ref)
     check_mode(arch, ref, tokens, label_names)
 

@@ -71,12 +71,8 @@ def check_remote_files(repo_id: str, revision: str | None) -> None:
     try:  # one request, no retries: an unreachable Hub must not stall the command
         info = HfApi().model_info(repo_id, revision=revision, expand=["siblings"], timeout=10)
         files = [s.rfilename for s in info.siblings or []]
-    except GatedRepoError:
-        raise Sc2Error(f"{repo_id} is gated: accept its licence on huggingface.co and set HF_TOKEN") from None
-    except RepositoryNotFoundError:
-        raise UsageError(f"no model {repo_id} on the Hub (or it is private: set HF_TOKEN)") from None
-    except RevisionNotFoundError:
-        raise UsageError(f"{repo_id} has no revision {revision!r}") from None
+    except (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError) as err:
+        raise hub.hub_error(err, repo_id, revision) from None
     except Exception:  # the listing is only a courtesy: unreachable Hub, proxy, ... -> snapshot_download decides
         return
     problem = weights_problem(repo_id, files)

@@ -17,7 +17,6 @@ from typing import Annotated, Optional
 import typer
 
 from .. import hub
-from ..errors import CheckpointError
 from ..settings import SHIPPED_MODEL
 from . import common, output
 from .options import JsonOpt, RevisionOpt
@@ -69,18 +68,9 @@ def find_config(ref: str, revision: str | None):
     if path.parent.name == "snapshots":
         source["revision"] = path.name
     source["path"] = str(path)
-    return read_config(path), source
+    from ..load import load_config
 
-
-def read_config(path: Path):
-    from ..config import Starcoder2Config
-
-    try:
-        return Starcoder2Config.from_pretrained(path)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} has no config.json; is it a StarCoder2 checkpoint?") from None
-    except ValueError as err:
-        raise CheckpointError(f"{path / 'config.json'}: {err}") from None
+    return load_config(path), source
 
 
 def config_summary(config) -> dict:
