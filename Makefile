@@ -29,7 +29,7 @@ completions: $(STAMP)
 
 # Reproduces the shipped model from scratch: about 4-5 hours on a 2-core CPU, resumable (run it again to continue).
 tiny-model: $(STAMP)
-	$(BIN)/sc2 train stdlib --out runs/sc2-tiny --max-steps 4000
+	$(BIN)/sc2 train stdlib --out runs/sc2-tiny --max-steps 5000
 	$(BIN)/python -m sc2cli.train export runs/sc2-tiny sc2cli/shipped/sc2-tiny
 
 clean:

@@ -60,7 +60,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ENGINES = ("sc2", "transformers", "llama.cpp")
+# sc2 as shipped ("sc2": prepacked weights on CPU, CUDA-graph decode on CUDA) and variants of it.
+SC2_VARIANTS = {
+    "sc2": {"quantize": "none", "decode": "auto"},
+    "sc2-int8": {"quantize": "int8", "decode": "auto"},
+    "sc2-eager": {"quantize": "none", "decode": "eager"},
+    "sc2-compile": {"quantize": "none", "decode": "compile"},
+}
+ENGINES = (*SC2_VARIANTS, "transformers", "llama.cpp")
 PEERS = ("transformers", "llama.cpp")
 SHAPES = ("shipped", "s", "3b", "tiny")
 DTYPE_NAMES = ("bfloat16", "float32", "float16")
@@ -327,7 +334,9 @@ def _worker_sc2(a: WorkerArgs, result: dict) -> None:
     result["rss_start_bytes"] = _maxrss_bytes()
 
     t = time.perf_counter()
+    variant = SC2_VARIANTS[a.engine]
     model = Starcoder2ForCausalLM.from_pretrained(a.checkpoint, dtype=_torch_dtype(a.dtype), device=a.device)
+    model.prepare_for_inference(variant["quantize"])
     _sync(a.device)
     result["load_s"] = time.perf_counter() - t
     result["rss_load_bytes"] = _maxrss_bytes()
@@ -341,7 +350,8 @@ def _worker_sc2(a: WorkerArgs, result: dict) -> None:
         rows = len(prompts)
         count = 0
         started = time.perf_counter()
-        for _step in stream(model, None, prompts, greedy, stop):
+        # Prompt lookup off: random prompts share no code, and a random model's own repeats would draft.
+        for _step in stream(model, None, prompts, greedy, stop, prompt_lookup=False, decode=variant["decode"]):
             now = time.perf_counter()
             if count % rows == 0:
                 step_times.append(now)
@@ -489,7 +499,8 @@ def run_worker(a: WorkerArgs, started: float | None = None) -> dict:
     result.update(engine=a.engine, device=a.device, dtype=a.dtype, threads=a.threads,
                   prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens, notes=[])
     result["_started"] = started if started is not None else time.perf_counter()
-    worker = {"sc2": _worker_sc2, "transformers": _worker_transformers, "llama.cpp": _worker_llama_cpp}[a.engine]
+    worker = _worker_sc2 if a.engine in SC2_VARIANTS else {
+        "transformers": _worker_transformers, "llama.cpp": _worker_llama_cpp}[a.engine]
     worker(a, result)
     result["rss_peak_bytes"] = _maxrss_bytes()
     return result
@@ -516,6 +527,7 @@ class BenchPlan:
     prompt_tokens: int = 512
     new_tokens: int = 128
     peers: Sequence[str] = PEERS
+    variants: Sequence[str] = ("sc2",)  # sc2 engines measured; "sc2" always
     device: str = "cpu"
     gguf: Path | None = None
     bandwidth_gib: float = 1.0
@@ -590,7 +602,9 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
     per_token = weight_bytes_per_token(config, itemsize)
     if plan.gguf is None:
         plan.gguf = default_gguf(plan.checkpoint, plan.dtype)
-    engines: dict[str, dict] = {"sc2": {"available": True, "reason": None, "samples": [], "errors": []}}
+    engines: dict[str, dict] = {
+        v: {"available": True, "reason": None, "samples": [], "errors": []} for v in dict.fromkeys(["sc2", *plan.variants])
+    }
     for peer in plan.peers:
         reason = peer_status(peer, plan)
         engines[peer] = {"available": reason is None, "reason": reason, "samples": [], "errors": []}
@@ -609,16 +623,16 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
             try:
                 sample = _subprocess_json(worker_argv(plan, engine), plan.threads)
             except WorkerFailed as err:
-                if engine == "sc2":
-                    raise
                 entry["errors"].append(str(err))
                 progress(f"{tag}: {engine} failed: {err}")
                 continue
             sample["round"] = round_index
             sample["bandwidth_gbps"] = bw["gbps"]
+            # int8 weights read one byte per parameter (plus a scale per row) instead of `itemsize`.
+            engine_bytes = per_token // itemsize if "int8" in engine else per_token
             for batch in (1, 4):
                 rate = sample.get(f"decode_b{batch}_tok_s")
-                sample[f"roofline_b{batch}"] = (rate / roofline_tok_s(bw["gbps"], per_token, batch)
+                sample[f"roofline_b{batch}"] = (rate / roofline_tok_s(bw["gbps"], engine_bytes, batch)
                                                 if rate else None)
             sample["rss_ratio"] = sample["rss_peak_bytes"] / weight_bytes if sample.get("rss_peak_bytes") else None
             entry["samples"].append(sample)
@@ -637,6 +651,7 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
                     "device": plan.device, "gpu": _gpu_name(plan.device)},
         "settings": {"dtype": plan.dtype, "repeats": plan.repeats, "prompt_tokens": plan.prompt_tokens,
                      "new_tokens": plan.new_tokens, "seed": plan.seed, "peers": list(plan.peers),
+                     "variants": {v: SC2_VARIANTS[v] for v in engines if v in SC2_VARIANTS},
                      "bandwidth_gib": plan.bandwidth_gib},
         "model": {"label": plan.label, "checkpoint": str(plan.checkpoint), "parameters": params,
                   "weight_bytes": weight_bytes, "bytes_per_token": per_token, "checkpoint_written": plan.written,
@@ -697,10 +712,11 @@ def render_table(doc: dict) -> str:
     """Header lines naming the machine, then a Markdown table: rows = metrics, columns = engines + sc2/peer."""
     machine, settings, model, bw = doc["machine"], doc["settings"], doc["model"], doc["bandwidth"]
     engines = doc["engines"]
-    peers = [p for p in engines if p != "sc2"]
+    variants = [v for v in engines if v in SC2_VARIANTS and v != "sc2"]
+    peers = [p for p in engines if p not in SC2_VARIANTS]
     versions = [f"torch {machine['torch']}"]
     for name, entry in engines.items():
-        if entry["samples"] and name != "sc2":
+        if entry["samples"] and name not in SC2_VARIANTS:
             versions.append(f"{name} {entry['samples'][0].get('version')}")
     where = machine["cpu"] + (f", GPU {machine['gpu']}" if machine.get("gpu") else "")
     bw_range = f" ({bw['min_gbps']:.1f}–{bw['max_gbps']:.1f})" if len(bw["samples"]) > 1 else ""
@@ -714,17 +730,20 @@ def render_table(doc: dict) -> str:
         f"memory read bandwidth: {bw['gbps']:.1f} GB/s{bw_range}; weights read per decode step "
         f"{model['bytes_per_token'] / 1e6:,.1f} MB -> roofline {doc['roofline']['batch1_tok_s']:,.0f} tok/s at "
         f"batch 1, {doc['roofline']['batch4_tok_s']:,.0f} at batch 4",
-        "cells: median (min–max); ratio = sc2 median / peer median (tok/s: higher is better; s, MB: lower)",
+        "cells: median (min–max); ratio = sc2 median / peer median (tok/s: higher is better; s, MB: lower); "
+        "sc2 = prepacked bf16 weights on CPU, CUDA-graph decode on CUDA; sc2-int8 = --quantize int8; "
+        "sc2-eager = no CUDA graph; sc2-compile = torch.compile + CUDA graph",
         "",
     ]
-    header = ["metric", "sc2", *peers, *[f"sc2/{p}" for p in peers]]
-    rows = [["available", "yes", *[("yes" if engines[p]["available"] else engines[p]["reason"]) for p in peers],
-             *["" for _ in peers]]]
+    columns = ["sc2", *variants, *peers]
+    ratios = [("sc2", p) for p in peers] + [(v, "sc2") for v in variants]
+    header = ["metric", *columns, *[f"{a}/{b}" for a, b in ratios]]
+    rows = [["available", *[("yes" if engines[c]["available"] else engines[c]["reason"]) for c in columns],
+             *["" for _ in ratios]]]
     for key, label, kind, _better in METRICS:
-        row = [label, _cell(engines["sc2"]["summary"].get(key), kind)]
-        row += [_cell(engines[p]["summary"].get(key), kind) for p in peers]
-        for p in peers:
-            a, b = engines["sc2"]["summary"].get(key), engines[p]["summary"].get(key)
+        row = [label, *[_cell(engines[c]["summary"].get(key), kind) for c in columns]]
+        for a_name, b_name in ratios:
+            a, b = engines[a_name]["summary"].get(key), engines[b_name]["summary"].get(key)
             row.append(f"{a['median'] / b['median']:.2f}x" if a and b and b["median"] else "–")
         rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -61,14 +61,24 @@ class KVCache:
         self.seen = 0  # columns written so far (host-side, so no device sync is needed to read it)
         self.padded = False  # whether any column was ever written as padding (then masks are always needed)
         self._step: _Step | None = None
+        self._pending: list[tuple[Tensor, Tensor]] = []  # a tentative step's new keys and values, per layer
+        # Set by a static decode step (see decode.py): the column being written, as a device tensor.
+        self.static_column: Tensor | None = None
+        self._static_slot: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
         return self.keys.shape[1]
 
-    def begin(self, num_new: int, valid: Tensor | None, dtype: torch.dtype) -> Tensor | str | None:
+    def begin(self, num_new: int, valid: Tensor | None, dtype: torch.dtype, tentative: bool = False,
+              ) -> Tensor | str | None:
         """Prepare to append `num_new` columns (validity `valid` (B, num_new) or None) and return their mask:
-        a tensor, `CAUSAL`, or None when every key the queries will see is allowed (decode without padding)."""
+        a tensor, `CAUSAL`, or None when every key the queries will see is allowed (decode without padding).
+
+        `tentative`: the new columns are attended to but not stored; `commit(n)` later keeps the first n of them
+        (checking a draft of several tokens, of which only a prefix may be accepted)."""
+        if self.static_column is not None:
+            return self._begin_static(num_new, dtype)  # (its runner checks the length: no host value here)
         if self.seen + num_new > self.max_length:
             raise ValueError(f"KV cache holds {self.max_length} positions; {self.seen + num_new} requested")
         device = self.keys.device
@@ -80,7 +90,7 @@ class KVCache:
         slots = new_columns % self.capacity
         # Writing first is safe when nothing a query needs gets overwritten: a single new column (it replaces
         # the one just outside the window) or no wrap-around at all.
-        write_first = num_new == 1 or start + num_new <= self.capacity
+        write_first = not tentative and (num_new == 1 or start + num_new <= self.capacity)
         if write_first:
             self.slot_columns[slots] = new_columns
             self.slot_valid[:, slots] = new_valid
@@ -90,7 +100,7 @@ class KVCache:
             # A chunk that wraps: attend over the old ring plus the new columns, then keep the last `capacity`.
             key_columns = torch.cat([self.slot_columns, new_columns])
             key_valid = torch.cat([self.slot_valid, new_valid], dim=1)
-        self._step = _Step(start, num_new, slots, new_columns, new_valid, write_first)
+        self._step = _Step(start, num_new, slots, new_columns, new_valid, write_first, tentative)
         if valid is not None and not self.padded:
             self.padded = not bool(new_valid.all())
         if write_first and not self.padded:
@@ -101,8 +111,32 @@ class KVCache:
                 return CAUSAL
         return attention_mask(new_columns, key_columns, key_valid, self.window, dtype)
 
+    def _begin_static(self, num_new: int, dtype: torch.dtype) -> Tensor:
+        """One decoded column whose index lives on the device: every shape and address is the same at every
+        step and nothing reads a host value, so the step can be captured as a CUDA graph (or compiled). The
+        queries attend over the whole ring; the mask, computed on the device, hides empty slots, padding and
+        columns outside the window."""
+        if num_new != 1:
+            raise ValueError("a static decode step appends exactly one column")
+        column = self.static_column
+        slot = torch.remainder(column, self.capacity)
+        self.slot_columns.index_copy_(0, slot, column)
+        self.slot_valid.index_fill_(1, slot, True)
+        allowed = (self.slot_columns >= 0) & (self.slot_columns <= column)
+        if self.window is not None:
+            allowed &= self.slot_columns > column - self.window
+        allowed = allowed[None, :] & self.slot_valid  # (B, capacity)
+        self._static_slot = slot
+        self._step = None
+        mask = torch.zeros((self.batch_size, 1, 1, self.capacity), dtype=dtype, device=self.keys.device)
+        return mask.masked_fill_(~allowed[:, None, None, :], torch.finfo(dtype).min)
+
     def update(self, layer: int, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
         """Store this layer's new keys/values (B, kv_heads, num_new, D); return what the queries attend over."""
+        if self.static_column is not None:
+            self.keys[layer].index_copy_(2, self._static_slot, key)
+            self.values[layer].index_copy_(2, self._static_slot, value)
+            return self.keys[layer], self.values[layer]
         step = self._step
         k_cache, v_cache = self.keys[layer], self.values[layer]
         if step.write_first:
@@ -114,6 +148,9 @@ class KVCache:
             return k_cache[:, :, :used], v_cache[:, :, :used]
         keys = torch.cat([k_cache, key], dim=2)
         values = torch.cat([v_cache, value], dim=2)
+        if step.tentative:
+            self._pending.append((key, value))
+            return keys, values
         keep = slice(step.num_new - self.capacity, None) if step.num_new > self.capacity else slice(None)
         k_cache[:, :, step.slots[keep]] = key[:, :, keep]
         v_cache[:, :, step.slots[keep]] = value[:, :, keep]
@@ -121,12 +158,32 @@ class KVCache:
 
     def end(self) -> None:
         """Finish the step begun by `begin` (after every layer has called `update`)."""
+        if self.static_column is not None:
+            return  # the host-side count is advanced by the static step's runner, once per replay
         step = self._step
+        if step.tentative:
+            return  # the step stays open until commit()
         if not step.write_first:
             keep = slice(step.num_new - self.capacity, None) if step.num_new > self.capacity else slice(None)
             self.slot_columns[step.slots[keep]] = step.columns[keep]
             self.slot_valid[:, step.slots[keep]] = step.valid[:, keep]
         self.seen += step.num_new
+        self._step = None
+
+    def commit(self, count: int) -> None:
+        """Keep the first `count` columns of the tentative step and forget the rest."""
+        step = self._step
+        if step is None or not step.tentative or not 0 <= count <= step.num_new:
+            raise ValueError("commit() needs an open tentative step and 0 <= count <= its columns")
+        first = max(0, count - self.capacity)  # of more than `capacity` new columns only the last ones stay
+        slots = step.slots[first:count]
+        for layer, (key, value) in enumerate(self._pending):
+            self.keys[layer][:, :, slots] = key[:, :, first:count]
+            self.values[layer][:, :, slots] = value[:, :, first:count]
+        self.slot_columns[slots] = step.columns[first:count]
+        self.slot_valid[:, slots] = step.valid[:, first:count]
+        self.seen += count
+        self._pending = []
         self._step = None
 
     def positions_held(self) -> int:
@@ -144,8 +201,8 @@ class KVCache:
 
 
 class _Step:
-    __slots__ = ("start", "num_new", "slots", "columns", "valid", "write_first")
+    __slots__ = ("start", "num_new", "slots", "columns", "valid", "write_first", "tentative")
 
-    def __init__(self, start, num_new, slots, columns, valid, write_first):
+    def __init__(self, start, num_new, slots, columns, valid, write_first, tentative=False):
         self.start, self.num_new, self.slots = start, num_new, slots
-        self.columns, self.valid, self.write_first = columns, valid, write_first
+        self.columns, self.valid, self.write_first, self.tentative = columns, valid, write_first, tentative

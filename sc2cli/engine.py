@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 
 from .cache import KVCache
+from .decode import make_step
+from .lookup import PromptLookup
 from .sampling import SamplingParams, make_generator, process_logits, sample, token_logprobs
 from .stopping import Chain, StopStringMatcher, TextFilter
 from .tokenizer import IncrementalDetokenizer, Tokenizer
@@ -98,8 +100,16 @@ def stream(
     num_samples: int = 1,
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     generator: torch.Generator | None = None,
+    prompt_lookup: bool | None = None,
+    decode: str = "auto",
 ) -> Iterator[Step]:
-    """Yield `Step`s for every row (row = prompt_index * num_samples + sample_index) until each row stops."""
+    """Yield `Step`s for every row (row = prompt_index * num_samples + sample_index) until each row stops.
+
+    prompt_lookup: check drafts copied from the prompt (see `lookup.py`) several tokens per forward pass; the
+    tokens are the greedy ones either way. None (the default) turns it on where it applies and pays: one greedy
+    row without a repetition penalty, when steps are not replayed from a CUDA graph (there a draft's eager
+    pass costs several replayed steps).
+    decode: how single steps run (see `decode.py`): auto | eager | static | cuda-graph | compile."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     if num_samples < 1:
@@ -141,41 +151,75 @@ def stream(
     matchers = [stop.make_filter(row) for row in range(rows)]
     active = [True] * rows
 
-    for t in range(new_tokens):
+    def emit(row: int, token: int, logprob: float, t: int) -> Step:
+        """The step of the row's t-th new token (0-based); marks the row finished when it ends there."""
+        if token in stop.token_ids:
+            active[row] = False
+            return Step(row, token, _flush(detokenizers[row], matchers[row]), logprob, "stop")
+        text = detokenizers[row].add(token) if detokenizers[row] else ""
+        text, hit = matchers[row].feed(text)
+        if hit:
+            active[row] = False
+            return Step(row, token, text, logprob, "stop")
+        if t == new_tokens - 1 or prompt_lengths[row] + t + 1 >= limit:
+            active[row] = False
+            return Step(row, token, text + _flush(detokenizers[row], matchers[row]), logprob, "length")
+        return Step(row, token, text, logprob)
+
+    with torch.inference_mode():
+        decode_step = make_step(model, cache, decode)
+    if prompt_lookup is None:
+        prompt_lookup = (rows == 1 and sampling.greedy and sampling.repetition_penalty == 1.0
+                         and getattr(decode_step, "graph", None) is None)
+    lookup = PromptLookup(prompts[0]) if prompt_lookup and rows == 1 else None
+
+    t = 0
+    while True:
         processed = process_logits(logits, sampling, seen[:, :width + t], seen_mask[:, :width + t])
         chosen = sample(processed, generator, sampling.greedy)
         logprobs = token_logprobs(processed, chosen)
         chosen_list, logprob_list = chosen.tolist(), logprobs.tolist()  # one host sync per step
         seen[:, width + t] = chosen
         seen_mask[:, width + t] = torch.tensor(active, device=device)
-        last = t == new_tokens - 1
         for row in range(rows):
-            if not active[row]:
-                continue
-            token = chosen_list[row]
-            if token in stop.token_ids:
-                active[row] = False
-                yield Step(row, token, _flush(detokenizers[row], matchers[row]), logprob_list[row], "stop")
-                continue
-            text = detokenizers[row].add(token) if detokenizers[row] else ""
-            text, hit = matchers[row].feed(text)
-            if hit:
-                active[row] = False
-                yield Step(row, token, text, logprob_list[row], "stop")
-                continue
-            full = prompt_lengths[row] + t + 1 >= limit
-            if last or full:
-                active[row] = False
-                text += _flush(detokenizers[row], matchers[row])
-                yield Step(row, token, text, logprob_list[row], "length")
-                continue
-            yield Step(row, token, text, logprob_list[row])
+            if active[row]:
+                yield emit(row, chosen_list[row], logprob_list[row], t)
         if not any(active):
             return
+        t += 1
+        draft = []
+        if lookup is not None:
+            lookup.append(chosen_list[0])
+            draft = lookup.draft(limit=new_tokens - t - 1)  # leave room for the token the last check adds
+        if not draft:
+            with torch.inference_mode():
+                # Finished rows keep decoding (their tokens are ignored), so no mask is needed for the new column.
+                logits = decode_step(chosen, next_position)
+            next_position += 1
+            continue
+        # One pass over the chosen token and the draft: position i predicts the token after draft[:i].
+        ids_in = torch.tensor([[chosen_list[0], *draft]], dtype=torch.long, device=device)
+        positions = next_position[:, None] + torch.arange(len(draft) + 1, device=device)
         with torch.inference_mode():
-            # Finished rows keep decoding (their tokens are ignored), so no mask is needed for the new column.
-            logits = model(chosen[:, None], position_ids=next_position[:, None], cache=cache).logits[:, -1]
-        next_position += 1
+            all_logits = model(ids_in, position_ids=positions, cache=cache, tentative=True).logits[0]
+        checked = process_logits(all_logits, sampling, seen[:, :width + t].expand(len(draft) + 1, -1),
+                                 seen_mask[:, :width + t].expand(len(draft) + 1, -1))
+        predicted = checked.argmax(-1)
+        agree = (predicted[:-1] == torch.tensor(draft, device=device)).tolist()
+        accepted = agree.index(False) if False in agree else len(draft)
+        cache.commit(1 + accepted)
+        next_position += 1 + accepted
+        if accepted:
+            draft_logprobs = token_logprobs(checked[:accepted], predicted[:accepted]).tolist()
+            for i in range(accepted):
+                seen[0, width + t] = draft[i]
+                seen_mask[0, width + t] = True
+                lookup.append(draft[i])
+                yield emit(0, draft[i], draft_logprobs[i], t)
+                t += 1
+                if not active[0]:
+                    return
+        logits = all_logits[accepted][None]
 
 
 def _flush(detokenizer: IncrementalDetokenizer | None, matcher: TextFilter) -> str:
@@ -195,12 +239,15 @@ def generate(
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     generator: torch.Generator | None = None,
     on_step: Callable[[Step], None] | None = None,
+    prompt_lookup: bool | None = None,
+    decode: str = "auto",
 ) -> list[Completion]:
     """Collect `stream` into one `Completion` per row; `on_step` sees each step as it happens (for streaming)."""
     completions = [
         Completion(row=r, prompt_tokens=len(prompts[r // num_samples])) for r in range(len(prompts) * num_samples)
     ]
-    for step in stream(model, tokenizer, prompts, sampling, stop, num_samples, prefill_chunk, generator):
+    for step in stream(model, tokenizer, prompts, sampling, stop, num_samples, prefill_chunk, generator,
+                       prompt_lookup, decode):
         c = completions[step.row]
         c.text += step.text
         c.logprob += step.logprob

@@ -59,7 +59,7 @@ def load_config_and_tokenizer(ref: str, revision: str | None = None, offline: bo
 
 
 def load(ref: str, device: str = "auto", dtype: str = "auto", revision: str | None = None, offline: bool = False,
-         model_class=None) -> Loaded:
+         model_class=None, quantize: str = "none") -> Loaded:
     from .devices import resolve_device, resolve_dtype
     from .modeling import Starcoder2ForCausalLM
 
@@ -68,5 +68,5 @@ def load(ref: str, device: str = "auto", dtype: str = "auto", revision: str | No
     torch_dtype = resolve_dtype(dtype, torch_device)
     config, tokenizer, path = load_config_and_tokenizer(ref, revision, offline)
     cls = model_class or Starcoder2ForCausalLM
-    model = cls.from_pretrained(path, dtype=torch_dtype, device=torch_device).prepare_for_inference()
+    model = cls.from_pretrained(path, dtype=torch_dtype, device=torch_device).prepare_for_inference(quantize)
     return Loaded(model, tokenizer, path, ref, time.perf_counter() - started)

@@ -1,6 +1,6 @@
 """Training and fine-tuning: a folder of source files in, a checkpoint in the reference layout out.
 
-AdamW with linear warm-up and cosine decay, bf16 autocast on CPU, gradient accumulation. The output folder always
+AdamW with linear warm-up and cosine decay, bf16 autocast (on CPU, or on the device given), gradient accumulation. The output folder always
 holds a loadable checkpoint (config.json, model.safetensors, tokenizer.json) plus `optimizer.safetensors` and
 `train_state.json`; data order is a pure function of (seed, epoch, row), so a stopped run resumes exactly.
 """
@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import trainset
@@ -65,9 +66,11 @@ class TrainSettings:
     fim_rate: float = 0.5
     repo_name: str = "python/cpython"
     save_every: int = 100
+    snapshot_every: int = 0  # also keep a copy of the checkpoint every N steps in out/snapshots/step-N (0: never)
     eval_every: int = 100
     eval_rows: int = 32
     autocast: bool = True
+    device: str = "cpu"  # where the run computes; checkpoints are the same on any device
     shape: ModelShape = field(default_factory=ModelShape)
 
     @classmethod
@@ -156,7 +159,7 @@ def save_optimizer(optimizer: torch.optim.AdamW, model: torch.nn.Module, path: P
             state = optimizer.state.get(p)
             if state:
                 for key in ("exp_avg", "exp_avg_sq", "step"):
-                    tensors[f"{names[id(p)]}::{key}"] = state[key].detach().clone().contiguous()
+                    tensors[f"{names[id(p)]}::{key}"] = state[key].detach().to("cpu", copy=True).contiguous()
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
     os.replace(tmp, path)
@@ -166,7 +169,10 @@ def load_optimizer(optimizer: torch.optim.AdamW, model: torch.nn.Module, path: P
     tensors = load_file(str(path))
     for name, p in model.named_parameters():
         if f"{name}::step" in tensors:
-            optimizer.state[p] = {key: tensors[f"{name}::{key}"] for key in ("exp_avg", "exp_avg_sq", "step")}
+            # Adam keeps its step count on the CPU unless it runs fused/capturable; the moments live with p.
+            optimizer.state[p] = {"exp_avg": tensors[f"{name}::exp_avg"].to(p.device),
+                                  "exp_avg_sq": tensors[f"{name}::exp_avg_sq"].to(p.device),
+                                  "step": tensors[f"{name}::step"]}
 
 
 def save_run(out: Path, model, optimizer, tokenizer: Tokenizer, settings: TrainSettings, state: TrainState) -> None:
@@ -177,17 +183,26 @@ def save_run(out: Path, model, optimizer, tokenizer: Tokenizer, settings: TrainS
     atomic_write_bytes(out / STATE_FILE, (json.dumps(payload, indent=1) + "\n").encode())
 
 
+def next_token_loss(model, rows: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each token of `rows` (B, seq_len + 1) given the ones before it: the reference's
+    `model(rows, labels=rows).loss`, without the logits of the last position (nothing follows it) and so with
+    exactly seq_len positions in the forward, inside the sliding window."""
+    logits = model(rows[:, :-1]).logits
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
+
+
 def heldout_loss(model, rows: torch.Tensor, batch_size: int, autocast: bool) -> float | None:
     if rows.shape[0] == 0:
         return None
     was_training = model.training
     model.eval()
     losses = []
+    device = model.device
     with torch.no_grad():
         for i in range(0, rows.shape[0], batch_size):
-            batch = rows[i:i + batch_size].long()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                losses.append(model(batch[:, :-1], labels=batch[:, 1:]).loss.item())
+            batch = rows[i:i + batch_size].long().to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                losses.append(next_token_loss(model, batch).item())
     model.train(was_training)
     return sum(losses) / len(losses)
 
@@ -213,17 +228,18 @@ def train(settings: TrainSettings, resume: bool = True,
 
     if resume and state_path.is_file():
         saved = json.loads(state_path.read_text())
-        settings = TrainSettings.from_dict({**saved["settings"], "max_steps": settings.max_steps})
+        settings = TrainSettings.from_dict({**saved["settings"], "max_steps": settings.max_steps,
+                                            "device": settings.device, "snapshot_every": settings.snapshot_every})
         state = TrainState(**saved["state"])
         tokenizer = Tokenizer.from_dir(out)
-        model = Starcoder2ForCausalLM.from_pretrained(out, dtype=torch.float32)
+        model = Starcoder2ForCausalLM.from_pretrained(out, dtype=torch.float32, device=settings.device)
         optimizer = make_optimizer(model, settings)
         load_optimizer(optimizer, model, out / OPTIMIZER_FILE)
     else:
         out.mkdir(parents=True, exist_ok=True)
         state = TrainState()
         tokenizer = prepare_tokenizer(settings, train_files)
-        model = build_model(settings, tokenizer)
+        model = build_model(settings, tokenizer).to(settings.device)
         optimizer = make_optimizer(model, settings)
     model.train()
 
@@ -245,10 +261,10 @@ def train(settings: TrainSettings, resume: bool = True,
                 state.epoch, state.row = state.epoch + 1, 0
                 rows = trainset.epoch_tensor(train_files, tokenizer, s.seq_len, s.seed, state.epoch, s.repo_name,
                                              s.fim_rate)
-            batch = rows[state.row:state.row + s.batch_size].long()
+            batch = rows[state.row:state.row + s.batch_size].long().to(s.device)
             state.row += s.batch_size
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.autocast):
-                loss = model(batch[:, :-1], labels=batch[:, 1:]).loss / s.grad_accum
+            with torch.autocast(torch.device(s.device).type, dtype=torch.bfloat16, enabled=s.autocast):
+                loss = next_token_loss(model, batch) / s.grad_accum
             loss.backward()
             total += loss.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
@@ -265,6 +281,10 @@ def train(settings: TrainSettings, resume: bool = True,
                               None if evaluated is None else round(evaluated, 4)])
         if state.step % s.save_every == 0 or state.step == limit:
             save_run(out, model, optimizer, tokenizer, s, state)
+        if s.snapshot_every and state.step % s.snapshot_every == 0:
+            snapshot = out / "snapshots" / f"step-{state.step}"
+            model.save_pretrained(snapshot)  # for the curve of quality against tokens seen
+            tokenizer.save(snapshot / "tokenizer.json")
         if on_progress:
             on_progress(state, total, tokens_per_step / elapsed)
     return state

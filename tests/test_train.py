@@ -12,7 +12,7 @@ from safetensors import safe_open
 from sc2cli import trainset
 from sc2cli.modeling import Starcoder2ForCausalLM
 from sc2cli.tokenizer import SPECIAL_TOKENS, Tokenizer
-from sc2cli.train import ModelShape, TrainSettings, learning_rate, train
+from sc2cli.train import ModelShape, TrainSettings, build_model, learning_rate, next_token_loss, train
 
 CORPUS = {
     "pkg/__init__.py": "from .core import add\n",
@@ -96,6 +96,23 @@ def test_learning_rate_schedule():
     assert learning_rate(110, s) == pytest.approx(0.1)
 
 
+def test_training_loss_is_the_reference_next_token_loss(tmp_path):
+    """The objective is predicting token t+1 from tokens <= t, exactly as transformers' `labels=input_ids` loss
+    (a shifted-twice objective would train a model that predicts two tokens ahead)."""
+    settings = TrainSettings(data=".", out=str(tmp_path), shape=SHAPE)
+    from sc2cli.bpe import train_bpe
+
+    tokenizer = Tokenizer(train_bpe(CORPUS.values(), SHAPE.vocab_size))
+    model = build_model(settings, tokenizer)
+    model.save_pretrained(tmp_path)
+    ref = load_reference("Starcoder2ForCausalLM", tmp_path)
+    rows = torch.randint(0, tokenizer.vocab_size, (3, 33))
+    with torch.no_grad():
+        ours = next_token_loss(model, rows).item()
+        theirs = ref(rows, labels=rows).loss.item()
+    assert abs(ours - theirs) <= 1e-5
+
+
 def test_training_lowers_loss_and_writes_a_reference_checkpoint(corpus, tmp_path):
     out = tmp_path / "run"
     state = train(_settings(corpus, out, max_steps=12, save_every=12, eval_every=6, lr=3e-3))
@@ -110,6 +127,9 @@ def test_training_lowers_loss_and_writes_a_reference_checkpoint(corpus, tmp_path
     ids = torch.tensor([tokenizer.encode("def add(a, b):\n    return a + b\n")])
     with torch.no_grad():
         assert (ref(ids).logits - ours(ids).logits).abs().max().item() <= 1e-5
+        # What training lowered is the reference's own next-token loss on the training text.
+        untrained = build_model(_settings(corpus, tmp_path / "unused"), tokenizer)
+        assert ref(ids, labels=ids).loss.item() < untrained(ids, labels=ids).loss.item() - 0.5
     with safe_open(out / "optimizer.safetensors", "pt") as f:
         assert any(k.endswith("::exp_avg") for k in f.keys())
 

@@ -17,7 +17,7 @@ import typer
 
 from ..errors import Sc2Error, UsageError
 from . import common, output
-from .options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OfflineOpt, RevisionOpt
+from .options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OfflineOpt, QuantizeOpt, RevisionOpt
 
 app = typer.Typer(help="Benchmarks: infill exact match, speed against peers.", no_args_is_help=True)
 
@@ -31,6 +31,7 @@ def bench_infill(
     revision: RevisionOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    quantize: QuantizeOpt = "none",
     offline: OfflineOpt = False,
     limit: Annotated[int, typer.Option(help="Most tasks to run.")] = 500,
     per_file: Annotated[int, typer.Option("--per-file", help="Most target lines per file.")] = 3,
@@ -55,7 +56,7 @@ def bench_infill(
     tasks = bench.make_tasks(files, per_file=per_file, seed=seed, limit=limit)
     if not tasks:
         raise UsageError(f"no usable target lines in {source} (files must parse and be 1-200 KB)")
-    loaded = common.load_model(model, revision, device, dtype, offline)
+    loaded = common.load_model(model, revision, device, dtype, offline, quantize=quantize)
     output.status(f"{len(tasks)} tasks from {source}")
     results = bench.run(loaded, tasks, max_new_tokens=max_new_tokens, batch_size=batch_size,
                         on_batch=lambda done, total: output.status(f"  {done}/{total}") if done % 80 == 0 else None)
@@ -103,6 +104,9 @@ def bench_speed(
         help="GGUF of the same weights for the llama.cpp peer (default: model-bf16.gguf etc. in the checkpoint "
         "folder).", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N.")] = "cpu",
+    variants: Annotated[Optional[str], typer.Option(
+        help="Comma-separated sc2 variants besides sc2 itself: sc2-int8, sc2-eager, sc2-compile (CUDA); or none. "
+        "Default: sc2-int8 (and sc2-eager on CUDA).", show_default=False)] = None,
     bandwidth_gib: Annotated[float, typer.Option(
         "--bandwidth-gib", help="Size of the tensor the memory bandwidth is measured on.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the random prompts.")] = 0,
@@ -131,6 +135,13 @@ def bench_speed(
     if unknown:
         raise UsageError(f"unknown peer {unknown[0]!r}; use transformers, llama.cpp or none")
     peer_list = list(dict.fromkeys(peer_list))
+    if variants is None:
+        variant_list = ["sc2-int8"] + (["sc2-eager"] if device.strip().lower().startswith("cuda") else [])
+    else:
+        variant_list = [] if variants.strip().lower() in ("", "none") else [v.strip().lower() for v in variants.split(",")]
+    bad = [v for v in variant_list if v not in bench.SC2_VARIANTS]
+    if bad:
+        raise UsageError(f"unknown variant {bad[0]!r}; use {', '.join(v for v in bench.SC2_VARIANTS if v != 'sc2')}")
     if gguf is not None and not gguf.is_file():
         raise UsageError(f"--gguf {gguf} does not exist")
 
@@ -164,14 +175,105 @@ def bench_speed(
         label = f"shape {name} (random weights, {path})"
     plan = bench.BenchPlan(
         checkpoint=path, label=label, dtype=dtype, threads=threads or torch.get_num_threads(), repeats=repeats,
-        prompt_tokens=prompt_tokens, new_tokens=new_tokens, peers=peer_list, device=str(torch_device), gguf=gguf,
+        prompt_tokens=prompt_tokens, new_tokens=new_tokens, peers=peer_list, variants=variant_list,
+        device=str(torch_device), gguf=gguf,
         bandwidth_gib=bandwidth_gib, seed=seed, written=written,
     )
     try:
         doc = bench.run_bench(plan, progress=output.status)
-    except bench.WorkerFailed as err:
-        raise Sc2Error(f"the sc2 measurement failed: {err}") from None
+    except bench.WorkerFailed as err:  # the bandwidth probe
+        raise Sc2Error(f"the measurement failed: {err}") from None
+    if json_out:
+        output.write_json(doc)
+    else:
+        output.write(bench.render_table(doc))
+    sc2 = doc["engines"]["sc2"]
+    if not sc2["samples"]:  # the other columns are still printed above: they may show why
+        raise Sc2Error(f"the sc2 measurement failed: {sc2['errors'][0] if sc2['errors'] else 'no samples'}")
+
+
+def _held_out_or(data: Optional[str]):
+    """(files, description): the held-out split of this Python's stdlib, or every Python file under DATA."""
+    from .. import trainset
+    from ..train import resolve_data_dir
+
+    if data is None:
+        return (trainset.split_files(trainset.collect_files(resolve_data_dir("stdlib")))[1],
+                "held-out split of the Python standard library")
+    return trainset.collect_files(resolve_data_dir(data)), data
+
+
+@app.command("lookup")
+def bench_lookup(
+    data: Annotated[Optional[str], typer.Option(
+        help="Folder of Python files (default: the held-out split of this Python's stdlib).", show_default=False)] = None,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    offline: OfflineOpt = False,
+    limit: Annotated[int, typer.Option(help="Most tasks (one per file).")] = 40,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 96,
+    json_out: JsonOpt = False,
+) -> None:
+    """Prompt lookup on infills whose middle repeats code from the context: decode time with and without it
+    (alternating, same process) and whether the tokens are identical."""
+    from .. import bench_decode
+
+    if limit < 1 or max_new_tokens < 2:
+        raise UsageError("--limit must be at least 1 and --max-new-tokens at least 2")
+    files, source = _held_out_or(data)
+    tasks = bench_decode.repeated_code_tasks(files, limit=limit)
+    if not tasks:
+        raise UsageError(f"no file in {source} repeats {bench_decode.MIN_REPEAT} lines of its own code")
+    loaded = common.load_model(model, revision, device, dtype, offline)
+    output.status(f"{len(tasks)} repeated-code infill tasks from {source}")
+    r = bench_decode.run_lookup(loaded, tasks, max_new_tokens=max_new_tokens)
+    doc = {"model": loaded.name, "data": source, "tasks": r.tasks, "tokens": r.tokens,
+           "decode_s_without": r.plain_s, "decode_s_with": r.lookup_s, "speedup": r.speedup,
+           "identical_outputs": r.identical, "tokens_per_s_without": r.tokens / r.plain_s if r.plain_s else None,
+           "tokens_per_s_with": r.tokens / r.lookup_s if r.lookup_s else None}
     if json_out:
         output.write_json(doc)
         return
-    output.write(bench.render_table(doc))
+    output.write(f"tasks                 {r.tasks} ({r.tokens} tokens)\n"
+                 f"decode without lookup {doc['tokens_per_s_without'] or 0:,.1f} tok/s\n"
+                 f"decode with lookup    {doc['tokens_per_s_with'] or 0:,.1f} tok/s\n"
+                 f"speed-up              {r.speedup:.2f}x\n"
+                 f"identical outputs     {r.identical}/{r.tasks}\n")
+
+
+@app.command("int8")
+def bench_int8(
+    data: Annotated[Optional[str], typer.Option(
+        help="Folder of Python files (default: the held-out split of this Python's stdlib).", show_default=False)] = None,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    device: DeviceOpt = None,
+    offline: OfflineOpt = False,
+    limit: Annotated[int, typer.Option(help="Most tasks.")] = 100,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 32,
+    json_out: JsonOpt = False,
+) -> None:
+    """Greedy-token agreement of --quantize int8 with bfloat16 on single-line infill tasks (teacher-forced)."""
+    from .. import bench_decode
+    from .. import bench_infill
+
+    if limit < 1 or max_new_tokens < 1:
+        raise UsageError("--limit and --max-new-tokens must be at least 1")
+    files, source = _held_out_or(data)
+    tasks = bench_infill.make_tasks(files, limit=limit)
+    if not tasks:
+        raise UsageError(f"no usable target lines in {source}")
+    reference = common.load_model(model, revision, device, "bfloat16", offline)
+    quantized = common.load_model(model, revision, device, "bfloat16", offline, quantize="int8")
+    output.status(f"{len(tasks)} tasks from {source}")
+    r = bench_decode.run_int8_agreement(reference, quantized, tasks, max_new_tokens=max_new_tokens)
+    doc = {"model": reference.name, "data": source, "tasks": r.tasks, "positions": r.positions,
+           "agreement": r.agreement, "same_output": r.same_output}
+    if json_out:
+        output.write_json(doc)
+        return
+    output.write(f"tasks                        {r.tasks} ({r.positions} generated positions)\n"
+                 f"greedy agreement with bf16   {r.agreement:.2%} (teacher-forced)\n"
+                 f"identical free-running       {r.same_output}/{r.tasks}\n")

@@ -14,18 +14,33 @@ def model_ref(model: str | None) -> str:
 
 
 def load_model(model: str | None, revision: str | None, device: str | None, dtype: str | None, offline: bool,
-               model_class=None):
+               model_class=None, quantize: str = "none"):
+    from ..linear import QUANTIZE_CHOICES
     from ..load import load
 
     ref = model_ref(model)
     device = device or settings.get("device")[0]
     dtype = dtype or settings.get("dtype")[0]
-    loaded = load(ref, device=device, dtype=dtype, revision=revision, offline=offline, model_class=model_class)
+    if quantize not in QUANTIZE_CHOICES:
+        raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)} (got {quantize!r})")
+    loaded = load(ref, device=device, dtype=dtype, revision=revision, offline=offline, model_class=model_class,
+                  quantize=quantize)
     if sys.stderr.isatty():
         m = loaded.model
-        output.status(f"loaded {ref} on {m.device} ({str(m.dtype).removeprefix('torch.')}) "
+        weights = str(m.dtype).removeprefix('torch.') + (", int8 weights" if quantize == "int8" else "")
+        output.status(f"loaded {ref} on {m.device} ({weights}) "
                       f"in {loaded.load_seconds:.2f}s")
     return loaded
+
+
+def decode_mode(decode: str, loaded) -> str:
+    """The decode mode the engine will use, checked against the loaded model (a usage error if it cannot run)."""
+    from ..decode import resolve_mode
+
+    try:
+        return resolve_mode(decode.strip().lower(), loaded.model)
+    except ValueError as err:
+        raise UsageError(f"--decode: {err}") from None
 
 
 def read_text_input(text: str | None, what: str = "prompt") -> str:

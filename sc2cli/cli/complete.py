@@ -17,7 +17,7 @@ import typer
 from . import common, output
 from .options import (
     DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, MaxNewTokensOpt, MinPOpt, ModelOpt, NoStreamOpt, NoTruncateOpt,
-    NumSamplesOpt, OfflineOpt, RepetitionPenaltyOpt, RevisionOpt, SeedOpt, StopOpt, TemperatureOpt, TopKOpt,
+    NumSamplesOpt, OfflineOpt, QuantizeOpt, DecodeOpt, PromptLookupOpt, RepetitionPenaltyOpt, RevisionOpt, SeedOpt, StopOpt, TemperatureOpt, TopKOpt,
     TopPOpt,
 )
 
@@ -29,6 +29,9 @@ def complete(
     revision: RevisionOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    quantize: QuantizeOpt = "none",
+    decode: DecodeOpt = "auto",
+    prompt_lookup: PromptLookupOpt = None,
     offline: OfflineOpt = False,
     max_new_tokens: MaxNewTokensOpt = 128,
     temperature: TemperatureOpt = 0.0,
@@ -48,12 +51,13 @@ def complete(
     common.check_counts(max_new_tokens, num_samples)
     sampling = common.sampling_params(temperature, top_k, top_p, min_p, repetition_penalty, seed)
     text = common.read_text_input(prompt)
-    loaded = common.load_model(model, revision, device, dtype, offline)
+    loaded = common.load_model(model, revision, device, dtype, offline, quantize=quantize)
     ids = loaded.tokenizer.encode(text)
     config = loaded.model.config
     ids = common.fit_prompt(ids, config.max_position_embeddings, max_new_tokens, truncate=not no_truncate)
     run = run_generation(loaded, [ids], sampling, max_new_tokens, stop or [], num_samples, ignore_eos,
-                         stream_text=not (no_stream or json_out or num_samples > 1))
+                         stream_text=not (no_stream or json_out or num_samples > 1),
+                         decode=common.decode_mode(decode, loaded), prompt_lookup=prompt_lookup)
     if json_out:
         output.write_json(completion_json(loaded, run, [len(ids)]))
     elif num_samples > 1 or no_stream:
@@ -79,7 +83,8 @@ class GenerationRun:
 
 
 def run_generation(loaded, prompts, sampling, max_new_tokens, stop_strings, num_samples, ignore_eos,
-                   stream_text: bool, extra_stop_ids=frozenset()) -> GenerationRun:
+                   stream_text: bool, extra_stop_ids=frozenset(), decode: str = "auto",
+                   prompt_lookup: bool | None = None) -> GenerationRun:
     """Generate for `prompts`, optionally streaming row 0's text to stdout, with timings."""
     from ..engine import StopConditions, generate
     from ..sampling import make_generator
@@ -101,7 +106,7 @@ def run_generation(loaded, prompts, sampling, max_new_tokens, stop_strings, num_
 
     started = time.perf_counter()
     completions = generate(model, tokenizer, prompts, sampling, conditions, num_samples, generator=generator,
-                           on_step=on_step)
+                           on_step=on_step, prompt_lookup=prompt_lookup, decode=decode)
     end = time.perf_counter()
     first = first or end
     return GenerationRun(completions, generator.initial_seed(), first - started, end - first)

@@ -21,7 +21,7 @@ from ..errors import Sc2Error, UsageError
 from . import common, output
 from .options import (
     DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, MaxNewTokensOpt, MinPOpt, ModelOpt, NoStreamOpt, NumSamplesOpt,
-    OfflineOpt, RepetitionPenaltyOpt, RevisionOpt, SeedOpt, StopOpt, TemperatureOpt, TopKOpt, TopPOpt,
+    OfflineOpt, QuantizeOpt, DecodeOpt, PromptLookupOpt, RepetitionPenaltyOpt, RevisionOpt, SeedOpt, StopOpt, TemperatureOpt, TopKOpt, TopPOpt,
 )
 
 PYTHON_SUFFIXES = (".py", ".pyi")
@@ -52,6 +52,9 @@ def infill(
     revision: RevisionOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    quantize: QuantizeOpt = "none",
+    decode: DecodeOpt = "auto",
+    prompt_lookup: PromptLookupOpt = None,
     offline: OfflineOpt = False,
     max_new_tokens: MaxNewTokensOpt = 128,
     temperature: TemperatureOpt = 0.0,
@@ -117,7 +120,7 @@ def infill(
             output.status(f"{len(prompt.ids)} prompt tokens")
         return
 
-    loaded = common.load_model(model, revision, device, dtype, offline)
+    loaded = common.load_model(model, revision, device, dtype, offline, quantize=quantize)
     chosen_mode = fill.choose_mode(mode, suffix)
     style = fill.IndentStyle.detect(prefix + suffix)
     from ..engine import StopConditions, generate
@@ -133,7 +136,8 @@ def infill(
     streaming = not (write or diff or json_out or no_stream or num_samples > 1)
     completions = generate(loaded.model, loaded.tokenizer, [prompt.ids], sampling, conditions, num_samples,
                            generator=make_generator(sampling.seed, loaded.model.device),
-                           on_step=(lambda step: output.write(step.text)) if streaming else None)
+                           on_step=(lambda step: output.write(step.text)) if streaming else None,
+                           prompt_lookup=prompt_lookup, decode=common.decode_mode(decode, loaded))
     candidates = rank_candidates(source, cursor, completions, suffix, python)
     best = candidates[0]
     if streaming:

@@ -15,6 +15,16 @@ DeviceOpt = Annotated[Optional[str], typer.Option(
 DtypeOpt = Annotated[Optional[str], typer.Option(
     help="auto | float32 | bfloat16 | float16 (auto: fast and safe for the device).", show_default=False)]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network; use the local cache only.")]
+QuantizeOpt = Annotated[str, typer.Option(
+    help="none | int8: int8 weight-only quantization (about half the memory traffic per token; slightly "
+    "different numbers).")]
+DecodeOpt = Annotated[str, typer.Option(
+    help="auto | eager | cuda-graph | compile: how each token's step runs (auto: replayed from a CUDA graph on "
+    "CUDA, eager elsewhere).")]
+PromptLookupOpt = Annotated[Optional[bool], typer.Option(
+    "--prompt-lookup/--no-prompt-lookup", help="Check drafts copied from the prompt, several tokens per pass "
+    "(the same tokens, sooner). Default: on for one greedy completion, except under a CUDA graph.",
+    show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Most tokens to generate.")]

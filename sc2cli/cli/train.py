@@ -29,6 +29,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the data order, FIM choices and initialisation.")] = 0,
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps.")] = 100,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Held-out loss every N steps.")] = 100,
+    snapshot_every: Annotated[int, typer.Option("--snapshot-every", help="Keep a copy of the checkpoint every N "
+                                                "steps in OUT/snapshots/step-N (0: never).")] = 0,
     hidden_size: Annotated[int, typer.Option("--hidden-size")] = 384,
     layers: Annotated[int, typer.Option("--layers")] = 8,
     heads: Annotated[int, typer.Option("--heads")] = 6,
@@ -39,8 +41,12 @@ def train(
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="Size of the BPE trained from the data.")] = 8192,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore a saved run in --out and start over.")] = False,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads (default: all).", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N | mps: where to compute (resumable across "
+                                        "devices).")] = "cpu",
 ) -> None:
     """Train on DATA and write a checkpoint that sc2 and transformers load; a stopped run resumes exactly."""
+    if snapshot_every < 0:
+        raise UsageError(f"--snapshot-every must be 0 or more (got {snapshot_every})")
     for name, value in (("max-steps", max_steps), ("batch-size", batch_size), ("grad-accum", grad_accum),
                         ("seq-len", seq_len), ("save-every", save_every), ("eval-every", eval_every)):
         if value < 1:
@@ -54,6 +60,9 @@ def train(
 
     if threads:
         torch.set_num_threads(threads)
+    from ..devices import resolve_device
+
+    device = str(resolve_device(device))
     init_dir = None
     if init:
         from ..hub import resolve
@@ -64,7 +73,8 @@ def train(
                        sliding_window=sliding_window, max_position_embeddings=max_positions, vocab_size=vocab_size)
     settings = TrainSettings(data=data, out=out, init=init_dir, seq_len=seq_len, batch_size=batch_size,
                              grad_accum=grad_accum, max_steps=max_steps, lr=lr, warmup_steps=warmup_steps, seed=seed,
-                             save_every=save_every, eval_every=eval_every, shape=shape)
+                             save_every=save_every, eval_every=eval_every, shape=shape, device=device,
+                             snapshot_every=snapshot_every)
     with _progress(max_steps) as report:
         state = run_training(settings, resume=not restart, on_progress=report)
     last = state.history[-1] if state.history else None
