@@ -17,6 +17,7 @@ from .cache import KVCache
 DECODE_MODES = ("auto", "eager", "static", "cuda-graph", "compile")
 # Rope variants whose frequencies never depend on the positions seen (dynamic and longrope rescale on the host).
 STATIC_ROPE_TYPES = ("default", "linear", "yarn", "llama3")
+GRAPH_MODES = ("cuda-graph", "compile")  # replayed from a captured graph
 
 
 class EagerStep:

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from .cache import KVCache
-from .decode import make_step
+from .decode import GRAPH_MODES, make_step, resolve_mode
+from .healing import Healer
 from .lookup import PromptLookup
 from .sampling import SamplingParams, make_generator, process_logits, sample, token_logprobs
 from .stopping import Chain, StopStringMatcher, TextFilter
@@ -102,6 +103,7 @@ def stream(
     generator: torch.Generator | None = None,
     prompt_lookup: bool | None = None,
     decode: str = "auto",
+    heal: str = "",
 ) -> Iterator[Step]:
     """Yield `Step`s for every row (row = prompt_index * num_samples + sample_index) until each row stops.
 
@@ -109,7 +111,9 @@ def stream(
     tokens are the greedy ones either way. None (the default) turns it on where it applies and pays: one greedy
     row without a repetition penalty, when steps are not replayed from a CUDA graph (there a draft's eager
     pass costs several replayed steps).
-    decode: how single steps run (see `decode.py`): auto | eager | static | cuda-graph | compile."""
+    decode: how single steps run (see `decode.py`): auto | eager | static | cuda-graph | compile.
+    heal: whitespace cut from the end of the prompts, which every row must begin with (see `healing.py`); it is
+    not part of the steps' text."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     if num_samples < 1:
@@ -157,6 +161,9 @@ def stream(
             active[row] = False
             return Step(row, token, _flush(detokenizers[row], matchers[row]), logprob, "stop")
         text = detokenizers[row].add(token) if detokenizers[row] else ""
+        if healer is not None:
+            healer.advance(row, token)
+            text = healer.strip(row, text)
         text, hit = matchers[row].feed(text)
         if hit:
             active[row] = False
@@ -166,15 +173,18 @@ def stream(
             return Step(row, token, text + _flush(detokenizers[row], matchers[row]), logprob, "length")
         return Step(row, token, text, logprob)
 
-    with torch.inference_mode():
-        decode_step = make_step(model, cache, decode)
+    decode = resolve_mode(decode, model)
+    decode_step = None  # built at the first decoded token, so a CUDA graph's capture never delays the first one
     if prompt_lookup is None:
         prompt_lookup = (rows == 1 and sampling.greedy and sampling.repetition_penalty == 1.0
-                         and getattr(decode_step, "graph", None) is None)
+                         and decode not in GRAPH_MODES)
     lookup = PromptLookup(prompts[0]) if prompt_lookup and rows == 1 else None
 
+    healer = Healer(tokenizer, heal, rows) if heal and tokenizer is not None else None
     t = 0
     while True:
+        if healer is not None and healer.active():
+            logits = healer.constrain(logits)
         processed = process_logits(logits, sampling, seen[:, :width + t], seen_mask[:, :width + t])
         chosen = sample(processed, generator, sampling.greedy)
         logprobs = token_logprobs(processed, chosen)
@@ -188,11 +198,13 @@ def stream(
             return
         t += 1
         draft = []
-        if lookup is not None:
+        if lookup is not None and not (healer is not None and healer.active()):
             lookup.append(chosen_list[0])
             draft = lookup.draft(limit=new_tokens - t - 1)  # leave room for the token the last check adds
         if not draft:
             with torch.inference_mode():
+                if decode_step is None:
+                    decode_step = make_step(model, cache, decode)
                 # Finished rows keep decoding (their tokens are ignored), so no mask is needed for the new column.
                 logits = decode_step(chosen, next_position)
             next_position += 1
@@ -241,13 +253,14 @@ def generate(
     on_step: Callable[[Step], None] | None = None,
     prompt_lookup: bool | None = None,
     decode: str = "auto",
+    heal: str = "",
 ) -> list[Completion]:
     """Collect `stream` into one `Completion` per row; `on_step` sees each step as it happens (for streaming)."""
     completions = [
         Completion(row=r, prompt_tokens=len(prompts[r // num_samples])) for r in range(len(prompts) * num_samples)
     ]
     for step in stream(model, tokenizer, prompts, sampling, stop, num_samples, prefill_chunk, generator,
-                       prompt_lookup, decode):
+                       prompt_lookup, decode, heal):
         c = completions[step.row]
         c.text += step.text
         c.logprob += step.logprob

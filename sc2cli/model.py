@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .cache import CAUSAL, KVCache, attention_mask
 from .config import Starcoder2Config
+from .pages import release_checkpoint_pages
 from .rope import RotaryEmbedding, apply_rotary
 
 
@@ -91,6 +92,7 @@ class Starcoder2Attention(nn.Module):
         projections = (self.q_proj, self.k_proj, self.v_proj)
         weight = torch.cat([p.weight.detach() for p in projections])
         bias = torch.cat([p.bias.detach() for p in projections]) if self.q_proj.bias is not None else None
+        release_checkpoint_pages(t for p in projections for t in (p.weight, p.bias))  # now copied into `weight`
         self.register_buffer("qkv_weight", weight, persistent=False)
         self.register_buffer("qkv_bias", bias, persistent=False)
         start = 0
@@ -202,6 +204,7 @@ class Starcoder2PreTrainedModel(nn.Module):
     def _swap_linear_kernels(self, quantize: str) -> None:
         from .linear import replacement
 
+        embedding = next((m.weight for m in self.modules() if isinstance(m, nn.Embedding)), None)
         self.inference_only = True
         for module in list(self.modules()):
             if isinstance(module, Starcoder2Attention):
@@ -216,6 +219,8 @@ class Starcoder2PreTrainedModel(nn.Module):
                     kernel = replacement(linear.weight, linear.bias, quantize)
                     if kernel is not None:
                         setattr(module, name, kernel)
+                        if linear.weight is not embedding:
+                            release_checkpoint_pages([linear.weight, linear.bias])  # (a tied one is still read)
         self.quantization = quantize
 
     @classmethod

@@ -31,6 +31,14 @@ class Tokenizer:
 
     def __init__(self, tokenizer: tokenizers.Tokenizer) -> None:
         self._tok = tokenizer
+        self._token_strings: list[str] | None = None
+
+    def token_strings(self) -> list[str]:
+        """Each id's own text ("" for special tokens), computed once."""
+        if self._token_strings is None:
+            ids = [[i] for i in range(self.vocab_size)]
+            self._token_strings = self._tok.decode_batch(ids, skip_special_tokens=True)
+        return self._token_strings
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:

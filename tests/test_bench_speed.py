@@ -149,7 +149,9 @@ def test_json_schema(json_run):
     assert set(doc) >= {"machine", "settings", "model", "bandwidth", "roofline", "engines", "metrics"}
     assert doc["machine"]["threads"] == 1 and doc["machine"]["cpu"] and doc["machine"]["torch"]
     assert doc["settings"] == {"dtype": "bfloat16", "repeats": 1, "prompt_tokens": 16, "new_tokens": 4, "seed": 0,
-                               "peers": ["transformers"], "bandwidth_gib": 0.01}
+                               "peers": ["transformers"], "bandwidth_gib": 0.01,
+                               "variants": {"sc2": {"quantize": "none", "decode": "auto"},
+                                            "sc2-int8": {"quantize": "int8", "decode": "auto"}}}
     model = doc["model"]
     assert model["parameters"] == bench.parameter_count(bench.shape_config("tiny"))
     assert model["weight_bytes"] == 2 * model["parameters"]
@@ -158,13 +160,14 @@ def test_json_schema(json_run):
     assert len(doc["bandwidth"]["samples"]) == 1 and doc["bandwidth"]["gbps"] > 0
     assert doc["roofline"]["batch4_tok_s"] == pytest.approx(4 * doc["roofline"]["batch1_tok_s"])
     assert [m["key"] for m in doc["metrics"]] == METRIC_KEYS
-    assert set(doc["engines"]) == {"sc2", "transformers"}
+    assert set(doc["engines"]) == {"sc2", "sc2-int8", "transformers"}  # int8 is measured by default
     for name, engine in doc["engines"].items():
         assert engine["available"] and not engine["errors"], (name, engine["errors"])
         (sample,) = engine["samples"]
         assert set(bench.WORKER_KEYS) <= set(sample) and sample["engine"] == name
+        read = model["bytes_per_token"] // (2 if name == "sc2-int8" else 1)  # int8: one byte per weight
         assert sample["roofline_b1"] == pytest.approx(
-            sample["decode_b1_tok_s"] / bench.roofline_tok_s(sample["bandwidth_gbps"], model["bytes_per_token"]))
+            sample["decode_b1_tok_s"] / bench.roofline_tok_s(sample["bandwidth_gbps"], read))
         assert sample["rss_ratio"] == pytest.approx(sample["rss_peak_bytes"] / model["weight_bytes"])
         assert set(engine["summary"]) == set(METRIC_KEYS)
         for key in METRIC_KEYS:
@@ -198,6 +201,17 @@ def test_table_has_every_metric_row():
     assert "not installed" in rows[1]
     decode = next(r for r in rows if "decode, batch 1" in r)
     assert "2.0 (1.0–3.0)" in decode and "1.00x" in decode
+
+    faster = [{**s, "decode_b1_tok_s": 2 * s["decode_b1_tok_s"]} for s in samples]
+    doc["engines"] = {"sc2": doc["engines"]["sc2"],
+                      "sc2-int8": {"available": True, "reason": None, "samples": faster,
+                                   "summary": bench.summarize(faster)},
+                      "transformers": doc["engines"]["transformers"]}
+    rows = [line for line in bench.render_table(doc).splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert header == ["metric", "sc2", "sc2-int8", "transformers", "sc2/transformers", "sc2-int8/sc2"]
+    decode = [c.strip() for c in next(r for r in rows if "decode, batch 1" in r).strip("|").split("|")]
+    assert decode[2] == "4.0 (2.0–6.0)" and decode[-1] == "2.00x"
     assert len({len(r) for r in rows}) == 1  # aligned
 
 

@@ -14,10 +14,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import UsageError
 from . import common, output
 from .options import (
     DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, MaxNewTokensOpt, MinPOpt, ModelOpt, NoStreamOpt, NoTruncateOpt,
-    NumSamplesOpt, OfflineOpt, QuantizeOpt, DecodeOpt, PromptLookupOpt, RepetitionPenaltyOpt, RevisionOpt, SeedOpt, StopOpt, TemperatureOpt, TopKOpt,
+    DecodeOpt, NumSamplesOpt, OfflineOpt, PromptLookupOpt, QuantizeOpt, RepetitionPenaltyOpt, RevisionOpt, SeedOpt,
+    StopOpt, TemperatureOpt, TopKOpt,
     TopPOpt,
 )
 
@@ -46,18 +48,28 @@ def complete(
     no_stream: NoStreamOpt = False,
     json_out: JsonOpt = False,
     no_truncate: NoTruncateOpt = False,
+    mode: Annotated[str, typer.Option(
+        help="auto | free | block | line: where the completion ends. block: when the code leaves the block the "
+        "prompt's last line opens or sits in; line: at the end of the line; free: only at end-of-text, a stop "
+        "or the token limit. auto: block after a line that opens one (def f():), else free.")] = "auto",
 ) -> None:
     """Continue PROMPT with the model and stream the completion to stdout."""
     common.check_counts(max_new_tokens, num_samples)
+    if mode not in ("auto", "free", "block", "line"):
+        raise UsageError(f"--mode must be auto, free, block or line (got {mode!r})")
     sampling = common.sampling_params(temperature, top_k, top_p, min_p, repetition_penalty, seed)
     text = common.read_text_input(prompt)
     loaded = common.load_model(model, revision, device, dtype, offline, quantize=quantize)
-    ids = loaded.tokenizer.encode(text)
+    from ..healing import split_trailing_whitespace
+
+    body, owed = split_trailing_whitespace(text)  # healed: generated again, not printed (see healing.py)
+    ids = loaded.tokenizer.encode(body)
     config = loaded.model.config
     ids = common.fit_prompt(ids, config.max_position_embeddings, max_new_tokens, truncate=not no_truncate)
     run = run_generation(loaded, [ids], sampling, max_new_tokens, stop or [], num_samples, ignore_eos,
                          stream_text=not (no_stream or json_out or num_samples > 1),
-                         decode=common.decode_mode(decode, loaded), prompt_lookup=prompt_lookup)
+                         decode=common.decode_mode(decode, loaded), prompt_lookup=prompt_lookup,
+                         text_filter=scope_filter(mode, text), heal=owed)
     if json_out:
         output.write_json(completion_json(loaded, run, [len(ids)]))
     elif num_samples > 1 or no_stream:
@@ -84,7 +96,7 @@ class GenerationRun:
 
 def run_generation(loaded, prompts, sampling, max_new_tokens, stop_strings, num_samples, ignore_eos,
                    stream_text: bool, extra_stop_ids=frozenset(), decode: str = "auto",
-                   prompt_lookup: bool | None = None) -> GenerationRun:
+                   prompt_lookup: bool | None = None, text_filter=None, heal: str = "") -> GenerationRun:
     """Generate for `prompts`, optionally streaming row 0's text to stdout, with timings."""
     from ..engine import StopConditions, generate
     from ..sampling import make_generator
@@ -93,7 +105,7 @@ def run_generation(loaded, prompts, sampling, max_new_tokens, stop_strings, num_
     model, tokenizer = loaded.model, loaded.tokenizer
     stop_ids = frozenset() if ignore_eos else boundary_token_ids(tokenizer) | extra_stop_ids
     conditions = StopConditions(token_ids=stop_ids, strings=tuple(stop_strings), max_new_tokens=max_new_tokens,
-                                context_limit=model.config.max_position_embeddings)
+                                context_limit=model.config.max_position_embeddings, text_filter=text_filter)
     generator = make_generator(sampling.seed, model.device)
     first = None
 
@@ -106,10 +118,24 @@ def run_generation(loaded, prompts, sampling, max_new_tokens, stop_strings, num_
 
     started = time.perf_counter()
     completions = generate(model, tokenizer, prompts, sampling, conditions, num_samples, generator=generator,
-                           on_step=on_step, prompt_lookup=prompt_lookup, decode=decode)
+                           on_step=on_step, prompt_lookup=prompt_lookup, decode=decode, heal=heal)
     end = time.perf_counter()
     first = first or end
     return GenerationRun(completions, generator.initial_seed(), first - started, end - first)
+
+
+def scope_filter(mode: str, prompt_text: str):
+    """The per-row text filter that ends a completion at its scope (None for free text): the same line/block
+    rules as `sc2 infill`, with the prompt as the code before the cursor and nothing after it."""
+    from .. import infill as fill
+
+    if mode == "auto":
+        last = prompt_text.rstrip().rsplit("\n", 1)[-1]
+        mode = "block" if last.endswith((":", "{")) else "free"
+    if mode == "free":
+        return None
+    style = fill.IndentStyle.detect(prompt_text[-4000:])
+    return lambda row: fill.MiddleFilter(mode, prompt_text, "", style)
 
 
 def completion_json(loaded, run: GenerationRun, prompt_tokens: list[int]) -> dict:
