@@ -15,13 +15,21 @@ class ScriptedModel(torch.nn.Module):
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.prompt_length = None
 
-    def forward(self, ids, attention_mask=None, position_ids=None, cache=None, logits_to_keep=0, **_):
-        cache.seen += ids.shape[1]
+    def forward(self, ids, attention_mask=None, position_ids=None, cache=None, logits_to_keep=0, tentative=False,
+                **_):
+        # Keep the cache's bookkeeping exactly as the real model does (a static step, a tentative draft check).
+        start, count = cache.seen, ids.shape[1]
+        cache.begin(count, attention_mask, torch.float32, tentative=tentative)
+        cache.end()
         if self.prompt_length is None:  # the first call is the (single-chunk) prefill
-            self.prompt_length = cache.seen
-        index = min(cache.seen - self.prompt_length, len(self.script) - 1)
-        logits = torch.full((ids.shape[0], 1, self.config.vocab_size), -10.0)
-        logits[:, :, self.script[index]] = 10.0
+            self.prompt_length = start + count
+        # The logits after column c say script[c + 1 - prompt_length]: one scripted token per generated position.
+        logits = torch.full((ids.shape[0], count, self.config.vocab_size), -10.0)
+        for j in range(count):
+            index = min(max(start + j + 1 - self.prompt_length, 0), len(self.script) - 1)
+            logits[:, j, self.script[index]] = 10.0
+        if logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
         return type("Out", (), {"logits": logits})()
 
     @property

@@ -36,12 +36,18 @@ def invoke(args, input=None):
 
 
 def _greedy_text(checkpoint, prompt: str, n: int) -> tuple[str, list[int]]:
-    loaded = load(str(checkpoint), device="cpu", dtype="float32")
-    ids = loaded.tokenizer.encode(prompt)
+    """What `sc2 complete` should print, from the library: trailing whitespace healed, and the default scope
+    (`--mode auto`: a block after a line ending in ':')."""
+    from sc2cli.cli.complete import scope_filter
+    from sc2cli.healing import split_trailing_whitespace
     from sc2cli.tokenizer import boundary_token_ids
 
-    stop = StopConditions(token_ids=boundary_token_ids(loaded.tokenizer), max_new_tokens=n)
-    c = generate(loaded.model, loaded.tokenizer, [ids], stop=stop)[0]
+    loaded = load(str(checkpoint), device="cpu", dtype="float32")
+    body, owed = split_trailing_whitespace(prompt)
+    ids = loaded.tokenizer.encode(body)
+    stop = StopConditions(token_ids=boundary_token_ids(loaded.tokenizer), max_new_tokens=n,
+                          text_filter=scope_filter("auto", prompt))
+    c = generate(loaded.model, loaded.tokenizer, [ids], stop=stop, heal=owed)[0]
     return c.text, c.tokens
 
 

@@ -143,7 +143,7 @@ def test_static_step_logits_equal_eager_logits_at_every_step(pair):
 
 def test_decode_modes_are_checked(pair):
     _, ours = pair
-    assert resolve_mode("auto", ours) == "eager"  # on CPU
+    assert resolve_mode("auto", ours) == "static"  # on CPU
     for mode in ("cuda-graph", "compile"):
         with pytest.raises(ValueError, match="CUDA"):
             resolve_mode(mode, ours)

@@ -19,8 +19,8 @@ QuantizeOpt = Annotated[str, typer.Option(
     help="none | int8: int8 weight-only quantization (about half the memory traffic per token; slightly "
     "different numbers).")]
 DecodeOpt = Annotated[str, typer.Option(
-    help="auto | eager | cuda-graph | compile: how each token's step runs (auto: replayed from a CUDA graph on "
-    "CUDA, eager elsewhere).")]
+    help="auto | eager | static | cuda-graph | compile: how each token's step runs (auto: replayed from a CUDA "
+    "graph on CUDA, the static step on CPU).")]
 PromptLookupOpt = Annotated[Optional[bool], typer.Option(
     "--prompt-lookup/--no-prompt-lookup", help="Check drafts copied from the prompt, several tokens per pass "
     "(the same tokens, sooner). Default: on for one greedy completion, except under a CUDA graph.",
