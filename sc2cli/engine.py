@@ -23,6 +23,8 @@ from .stopping import Chain, StopStringMatcher, TextFilter
 from .tokenizer import IncrementalDetokenizer, Tokenizer
 
 DEFAULT_PREFILL_CHUNK = 512
+LOOKUP_NEEDS = ("prompt lookup keeps the drafts greedy decoding would choose: it needs one greedy completion "
+                "(temperature 0, one sample, one prompt) without a repetition penalty")
 
 
 @dataclass
@@ -175,9 +177,11 @@ def stream(
 
     decode = resolve_mode(decode, model)
     decode_step = None  # built at the first decoded token, so a CUDA graph's capture never delays the first one
+    lookup_fits = rows == 1 and sampling.greedy and sampling.repetition_penalty == 1.0
     if prompt_lookup is None:
-        prompt_lookup = (rows == 1 and sampling.greedy and sampling.repetition_penalty == 1.0
-                         and decode not in GRAPH_MODES)
+        prompt_lookup = lookup_fits and decode not in GRAPH_MODES
+    elif prompt_lookup and not lookup_fits:
+        raise ValueError(LOOKUP_NEEDS)
     lookup = PromptLookup(prompts[0]) if prompt_lookup and rows == 1 else None
 
     healer = Healer(tokenizer, heal, rows) if heal and tokenizer is not None else None

@@ -214,6 +214,17 @@ CASES = [
          ("--num-samples", "at least 1")),
     Case("max-new-tokens-zero", lambda t, g: _copy(g, t), ["complete", "-m", "{ckpt}", "--max-new-tokens", "0", "x"],
          2, ("--max-new-tokens", "at least 1")),
+    # -- the speed options
+    Case("quantize-unknown", lambda t, g: _copy(g, t), COMPLETE + ["--quantize", "int4", "x"], 2,
+         ("--quantize", "none, int8")),
+    Case("decode-unknown", lambda t, g: _copy(g, t), COMPLETE + ["--decode", "turbo", "x"], 2,
+         ("--decode", "decode mode must be one of")),
+    Case("decode-cuda-graph-on-cpu", lambda t, g: _copy(g, t), COMPLETE + ["--decode", "cuda-graph", "x"], 2,
+         ("--decode", "needs a CUDA device")),
+    Case("prompt-lookup-when-sampling", lambda t, g: _copy(g, t),
+         COMPLETE + ["--prompt-lookup", "--temperature", "0.7", "x"], 2, ("--prompt-lookup", "one greedy completion")),
+    Case("complete-mode-unknown", lambda t, g: _copy(g, t), COMPLETE + ["--mode", "paragraph", "x"], 2,
+         ("--mode", "auto, free, block or line")),
     # -- devices and dtypes
     Case("device-cuda-absent", lambda t, g: _copy(g, t), COMPLETE + ["--device", "cuda", "x"], 2,
          ("no CUDA GPU", "--device cpu"), marks=(NO_CUDA,)),

@@ -43,6 +43,13 @@ def decode_mode(decode: str, loaded) -> str:
         raise UsageError(f"--decode: {err}") from None
 
 
+def check_prompt_lookup(prompt_lookup: bool | None, sampling, num_samples: int) -> None:
+    from ..engine import LOOKUP_NEEDS
+
+    if prompt_lookup and not (sampling.greedy and sampling.repetition_penalty == 1.0 and num_samples == 1):
+        raise UsageError(f"--prompt-lookup: {LOOKUP_NEEDS}")
+
+
 def read_text_input(text: str | None, what: str = "prompt") -> str:
     """The argument, or stdin when the argument is '-' or absent and stdin is piped."""
     if text is None or text == "-":

@@ -58,6 +58,7 @@ def complete(
     if mode not in ("auto", "free", "block", "line"):
         raise UsageError(f"--mode must be auto, free, block or line (got {mode!r})")
     sampling = common.sampling_params(temperature, top_k, top_p, min_p, repetition_penalty, seed)
+    common.check_prompt_lookup(prompt_lookup, sampling, num_samples)
     text = common.read_text_input(prompt)
     loaded = common.load_model(model, revision, device, dtype, offline, quantize=quantize)
     from ..healing import split_trailing_whitespace

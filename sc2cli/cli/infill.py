@@ -87,6 +87,7 @@ def infill(
         output.warning("-n > 1 with greedy decoding gives identical candidates; sampling at --temperature 0.6")
         temperature = 0.6
     sampling = common.sampling_params(temperature, top_k, top_p, min_p, repetition_penalty, seed)
+    common.check_prompt_lookup(prompt_lookup, sampling, num_samples)
 
     source = fill.SourceText.from_bytes(read_file_bytes(file), name=file)
     original = source.data  # what is on disk (with the marker, if any): what --diff patches
