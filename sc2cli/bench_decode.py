@@ -20,8 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .bench_infill import Task, drop_comment_lines
-from .infill import build_prompt, token_budget
+from .bench_infill import Task, drop_comment_lines, task_prompts
 from .trainset import SourceFile
 
 MIN_REPEAT = 3
@@ -79,10 +78,8 @@ def run_lookup(loaded, tasks: Sequence[Task], max_new_tokens: int = 96) -> Looku
 
     model, tokenizer = loaded.model, loaded.tokenizer
     stop = StopConditions(token_ids=boundary_token_ids(tokenizer), max_new_tokens=max_new_tokens)
-    budget = token_budget(model.config) - max_new_tokens
     result = LookupResult(len(tasks), 0, 0.0, 0.0, 0)
-    for task in tasks:
-        ids = build_prompt(tokenizer, task.prefix, task.suffix, budget).ids
+    for ids in (p.ids for p in task_prompts(tokenizer, model.config, tasks, max_new_tokens)):
         plain, plain_s = _timed(model, tokenizer, ids, stop, lookup=False)
         drafted, lookup_s = _timed(model, tokenizer, ids, stop, lookup=True)
         result.tokens += len(plain.tokens)
@@ -109,15 +106,13 @@ def run_int8_agreement(reference, quantized, tasks: Sequence[Task], max_new_toke
     import torch
 
     from .cache import KVCache
+    from .decode import EagerStep
     from .engine import StopConditions, generate, prefill
 
-    tokenizer = reference.tokenizer
     model = quantized.model
     stop = StopConditions(token_ids=frozenset(), max_new_tokens=max_new_tokens)  # full length: more positions
-    budget = token_budget(reference.model.config) - max_new_tokens
     result = AgreementResult(len(tasks), 0, 0, 0)
-    for task in tasks:
-        ids = build_prompt(tokenizer, task.prefix, task.suffix, budget).ids
+    for ids in (p.ids for p in task_prompts(reference.tokenizer, model.config, tasks, max_new_tokens)):
         base = generate(reference.model, None, [ids], stop=stop, prompt_lookup=False)[0].tokens
         free = generate(model, None, [ids], stop=stop, prompt_lookup=False)[0].tokens
         prompt = torch.tensor([ids], device=model.device)
@@ -125,11 +120,11 @@ def run_int8_agreement(reference, quantized, tasks: Sequence[Task], max_new_toke
         predicted = []
         with torch.inference_mode():
             logits = prefill(model, prompt, torch.ones_like(prompt), cache)
+            step = EagerStep(model, cache)  # the one-token path decode takes
             for position, token in enumerate(base, start=len(ids)):
                 predicted.append(int(logits.argmax(-1)))
-                step = torch.tensor([[token]], device=model.device)
-                logits = model(step, position_ids=torch.tensor([[position]], device=model.device),
-                               cache=cache).logits[:, -1]
+                logits = step(torch.tensor([token], device=model.device),
+                              torch.tensor([position], device=model.device))
         result.positions += len(base)
         result.agreeing += sum(int(p == b) for p, b in zip(predicted, base))
         result.same_output += free == base

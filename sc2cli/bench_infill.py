@@ -130,6 +130,13 @@ class Result:
         return edit_similarity(self.line.strip(), self.task.target.strip())
 
 
+def task_prompts(tokenizer, config, tasks: Sequence[Task], max_new_tokens: int, budget: int | None = None) -> list:
+    """`sc2 infill`'s prompt for each task, within the token budget that leaves room for `max_new_tokens`."""
+    if budget is None:
+        budget = token_budget(config) - max_new_tokens
+    return [build_prompt(tokenizer, t.prefix, t.suffix, budget) for t in tasks]
+
+
 def run(loaded, tasks: Sequence[Task], max_new_tokens: int = 32, batch_size: int = 8, budget: int | None = None,
         on_batch=None) -> list[Result]:
     """Greedy raw generations (stopped only by end-of-text/separator tokens or the length), in batches."""
@@ -139,9 +146,7 @@ def run(loaded, tasks: Sequence[Task], max_new_tokens: int = 32, batch_size: int
     model, tokenizer = loaded.model, loaded.tokenizer
     stop = StopConditions(token_ids=boundary_token_ids(tokenizer), max_new_tokens=max_new_tokens,
                           context_limit=model.config.max_position_embeddings)
-    if budget is None:
-        budget = token_budget(model.config) - max_new_tokens
-    prompts = [build_prompt(tokenizer, t.prefix, t.suffix, budget) for t in tasks]
+    prompts = task_prompts(tokenizer, model.config, tasks, max_new_tokens, budget)
     order = sorted(range(len(tasks)), key=lambda i: len(prompts[i].ids))
     results: list[Result | None] = [None] * len(tasks)
     for start in range(0, len(order), batch_size):

@@ -34,7 +34,7 @@ class StaticStep:
     compiles it with torch.compile first and captures the compiled step."""
 
     def __init__(self, model, cache: KVCache, mode: str = "static") -> None:
-        self.model, self.cache, self.mode = model, cache, mode
+        self.model, self.cache = model, cache
         device, rows = cache.keys.device, cache.batch_size
         self.tokens = torch.zeros((rows, 1), dtype=torch.long, device=device)
         self.positions = torch.zeros((rows, 1), dtype=torch.long, device=device)
@@ -42,7 +42,7 @@ class StaticStep:
         self.graph = None
         self.logits: Tensor | None = None
         self.run = torch.compile(self._forward, dynamic=False) if mode == "compile" else self._forward
-        if mode in ("cuda-graph", "compile"):
+        if mode in GRAPH_MODES:
             self._capture()
 
     def _forward(self) -> Tensor:
@@ -98,7 +98,7 @@ def resolve_mode(mode: str, model) -> str:
     if mode != "eager" and not static_ok:
         raise ValueError(f"decode mode {mode} needs fixed rope frequencies; rope type "
                          f"{model.config.rope_type!r} rescales them with the positions seen (use eager)")
-    if mode in ("cuda-graph", "compile") and model.device.type != "cuda":
+    if mode in GRAPH_MODES and model.device.type != "cuda":
         # On CPU the compiled step was no faster than the eager one on prepacked weights (which inductor cannot
         # take), so compile is offered where it pays: fused into the CUDA graph.
         raise ValueError(f"decode mode {mode} needs a CUDA device (on CPU use auto)")
@@ -106,5 +106,5 @@ def resolve_mode(mode: str, model) -> str:
 
 
 def make_step(model, cache: KVCache, mode: str):
-    mode = resolve_mode(mode, model)
+    """The step runner for a mode `resolve_mode` returned."""
     return EagerStep(model, cache) if mode == "eager" else StaticStep(model, cache, mode)

@@ -27,6 +27,11 @@ LOOKUP_NEEDS = ("prompt lookup keeps the drafts greedy decoding would choose: it
                 "(temperature 0, one sample, one prompt) without a repetition penalty")
 
 
+def lookup_applies(sampling: SamplingParams, rows: int) -> bool:
+    """Whether checking drafts in one pass gives the tokens decoding one at a time would (see LOOKUP_NEEDS)."""
+    return rows == 1 and sampling.greedy and sampling.repetition_penalty == 1.0
+
+
 @dataclass
 class Step:
     """One generated token of one row. `text` is the new, final text (stop strings and special tokens removed)."""
@@ -177,12 +182,11 @@ def stream(
 
     decode = resolve_mode(decode, model)
     decode_step = None  # built at the first decoded token, so a CUDA graph's capture never delays the first one
-    lookup_fits = rows == 1 and sampling.greedy and sampling.repetition_penalty == 1.0
     if prompt_lookup is None:
-        prompt_lookup = lookup_fits and decode not in GRAPH_MODES
-    elif prompt_lookup and not lookup_fits:
+        prompt_lookup = lookup_applies(sampling, rows) and decode not in GRAPH_MODES
+    elif prompt_lookup and not lookup_applies(sampling, rows):
         raise ValueError(LOOKUP_NEEDS)
-    lookup = PromptLookup(prompts[0]) if prompt_lookup and rows == 1 else None
+    lookup = PromptLookup(prompts[0]) if prompt_lookup else None
 
     healer = Healer(tokenizer, heal, rows) if heal and tokenizer is not None else None
     t = 0
@@ -202,9 +206,10 @@ def stream(
             return
         t += 1
         draft = []
-        if lookup is not None and not (healer is not None and healer.active()):
+        if lookup is not None:
             lookup.append(chosen_list[0])
-            draft = lookup.draft(limit=new_tokens - t - 1)  # leave room for the token the last check adds
+            if not (healer is not None and healer.active()):  # (a draft check would not apply the healing)
+                draft = lookup.draft(limit=new_tokens - t - 1)  # leave room for the token the last check adds
         if not draft:
             with torch.inference_mode():
                 if decode_step is None:

@@ -221,7 +221,6 @@ class Starcoder2PreTrainedModel(nn.Module):
                         setattr(module, name, kernel)
                         if linear.weight is not embedding:
                             release_checkpoint_pages([linear.weight, linear.bias])  # (a tied one is still read)
-        self.quantization = quantize
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | None = None, device: torch.device | str | None = None, **overrides):

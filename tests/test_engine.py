@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import PARITY_REPORT
-from oracle import reference_model, tiny_config
+from oracle import WINDOW, random_prompt, reference_greedy, tiny_config, windowed_pair
 from tokenizer_fixture import TEST_VOCAB_SIZE, write_test_tokenizer
 
 from sc2cli.cache import KVCache
@@ -15,25 +15,10 @@ from sc2cli.sampling import SamplingParams
 from sc2cli.tokenizer import Tokenizer
 from scripted import ScriptedModel
 
-WINDOW = 16
-
-
-def _prompt(length: int, seed: int) -> list[int]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(40, 99, (length,), generator=gen).tolist()
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """(reference, ours) on the same sharp random checkpoint with a window of 16."""
-    directory = tmp_path_factory.mktemp("windowed")
-    # This shape and seed keep greedy output varied for 70+ tokens (many random models collapse to one
-    # repeated token, which would hide cache bugs); the greedy test asserts that variety.
-    config = tiny_config(sliding_window=WINDOW, num_key_value_heads=1, hidden_size=64, intermediate_size=128,
-                         num_attention_heads=8)
-    ref = reference_model("Starcoder2ForCausalLM", seed=12, **config)
-    ref.save_pretrained(directory)
-    return ref, Starcoder2ForCausalLM.from_pretrained(directory)
+    return windowed_pair(tmp_path_factory.mktemp("windowed"))
 
 
 @pytest.mark.parametrize("chunk, fused", [(512, False), (7, False), (7, True)])
@@ -42,7 +27,7 @@ def test_greedy_equals_transformers_across_the_window(pair, chunk, fused, tmp_pa
     if fused:
         ref.save_pretrained(tmp_path)
         ours = Starcoder2ForCausalLM.from_pretrained(tmp_path).prepare_for_inference()
-    prompt = _prompt(24, seed=1)  # the window is crossed in the prompt and again while decoding
+    prompt = random_prompt(24, seed=1)  # the window is crossed in the prompt and again while decoding
     new = 72
     with torch.no_grad():
         expected = ref.generate(
@@ -58,7 +43,7 @@ def test_greedy_equals_transformers_across_the_window(pair, chunk, fused, tmp_pa
 
 def test_cached_logits_equal_full_forward_at_every_step(pair):
     ref, ours = pair
-    prompt = _prompt(5, seed=2)
+    prompt = random_prompt(5, seed=2)
     steps = 3 * WINDOW  # the ring fills at 16 and wraps twice
     cache = KVCache(ours.config, 1, len(prompt) + steps)
     ids = torch.tensor([prompt])
@@ -82,7 +67,7 @@ def test_ring_buffer_holds_only_the_window(pair):
     cache = KVCache(ours.config, 1, total)
     assert cache.keys.shape[3] == WINDOW  # capacity is the window, not the run length
     with torch.no_grad():
-        prefill(ours, torch.tensor([_prompt(total, seed=3)]), torch.ones(1, total, dtype=torch.long), cache, 10)
+        prefill(ours, torch.tensor([random_prompt(total, seed=3)]), torch.ones(1, total, dtype=torch.long), cache, 10)
     assert cache.seen == total
     assert cache.positions_held() == WINDOW
     assert sorted(cache.slot_columns.tolist()) == list(range(total - WINDOW, total))
@@ -90,7 +75,7 @@ def test_ring_buffer_holds_only_the_window(pair):
 
 def test_left_padded_batch_rows_equal_rows_alone(pair):
     _, ours = pair
-    prompts = [_prompt(n, seed=n) for n in (30, 9, 17)]
+    prompts = [random_prompt(n, seed=n) for n in (30, 9, 17)]
     stop = StopConditions(max_new_tokens=40)
     batch = generate(ours, None, prompts, stop=stop, prefill_chunk=8)
     for prompt, row in zip(prompts, batch):
@@ -101,23 +86,14 @@ def test_left_padded_batch_rows_equal_rows_alone(pair):
 
 def test_left_padded_batch_matches_transformers(pair):
     ref, ours = pair
-    prompts = [_prompt(n, seed=10 + n) for n in (21, 6)]
-    width = max(map(len, prompts))
-    ids = torch.zeros(2, width, dtype=torch.long)
-    mask = torch.zeros(2, width, dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p)
-        mask[row, width - len(p):] = 1
-    with torch.no_grad():
-        expected = ref.generate(ids, attention_mask=mask, max_new_tokens=30, do_sample=False, eos_token_id=None,
-                                pad_token_id=0)[:, width:].tolist()
+    prompts = [random_prompt(n, seed=10 + n) for n in (21, 6)]
     got = [c.tokens for c in generate(ours, None, prompts, stop=StopConditions(max_new_tokens=30))]
-    assert got == expected
+    assert got == reference_greedy(ref, prompts, 30)
 
 
 def test_samples_share_prefill_and_seed_reproduces(pair):
     _, ours = pair
-    prompt = _prompt(12, seed=4)
+    prompt = random_prompt(12, seed=4)
     stop = StopConditions(max_new_tokens=20)
     warm = SamplingParams(temperature=1.5, seed=7)
     first = generate(ours, None, [prompt], sampling=warm, stop=stop, num_samples=4)
@@ -134,7 +110,7 @@ def test_samples_share_prefill_and_seed_reproduces(pair):
 
 def test_repetition_penalty_matches_transformers(pair):
     ref, ours = pair
-    prompt = _prompt(10, seed=5)
+    prompt = random_prompt(10, seed=5)
     with torch.no_grad():
         expected = ref.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 10, dtype=torch.long),
                                 max_new_tokens=25, do_sample=False, repetition_penalty=1.7, eos_token_id=None,
@@ -146,7 +122,7 @@ def test_repetition_penalty_matches_transformers(pair):
 
 def test_stop_token_and_context_limit(pair):
     _, ours = pair
-    prompt = _prompt(8, seed=6)
+    prompt = random_prompt(8, seed=6)
     free = generate(ours, None, [prompt], stop=StopConditions(max_new_tokens=12))[0]
     stop_at = free.tokens[5]
     first = free.tokens.index(stop_at)

@@ -35,20 +35,29 @@ def _wait_for_stdout(process: subprocess.Popen, timeout: float = 90) -> bytes:
     return os.read(process.stdout.fileno(), 64)
 
 
+def _interrupt(process: subprocess.Popen, wait_until_ready, signum) -> tuple[bytes, bytes]:
+    """Once `wait_until_ready()` returns, send `signum` and collect (stdout, stderr); never leave it running."""
+    try:
+        wait_until_ready()
+        process.send_signal(signum)
+        return process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 @pytest.mark.parametrize("signum", SIGNALS)
 def test_signal_during_generation(signum, checkpoint, tmp_path):
     argv = ["complete", "-m", str(checkpoint), "--dtype", "float32", "--ignore-eos", "--max-new-tokens", "100000",
             "def main():"]
     process = subprocess.Popen(sc2_command() + argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env=isolated_env(tmp_path))
-    try:
+
+    def streaming():
         assert _wait_for_stdout(process)  # it is streaming a completion
-        process.send_signal(signum)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+
+    _, stderr = _interrupt(process, streaming, signum)
     assert process.returncode == CODES[signum], stderr.decode()
     assert b"Traceback" not in stderr
     assert stderr.strip() == b"", stderr.decode()  # interrupted on purpose: nothing to report
@@ -90,19 +99,16 @@ def test_signal_during_infill_write_leaves_the_file_untouched(signum, checkpoint
             "--ignore-eos", "--write"]
     process = subprocess.Popen([sys.executable, "-c", code, *argv], stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=isolated_env(tmp_path / "home"))
-    try:
+
+    def paused_in_the_write():
         deadline = time.monotonic() + 90
         while not ready.exists():
             assert process.poll() is None, process.communicate()[1].decode()
             assert time.monotonic() < deadline, "the write never started"
             time.sleep(0.05)
         assert len(list(folder.iterdir())) == 2  # the temporary file is there now
-        process.send_signal(signum)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+
+    stdout, stderr = _interrupt(process, paused_in_the_write, signum)
     assert process.returncode == CODES[signum], stderr.decode()
     assert b"Traceback" not in stderr
     assert stderr.strip() == b"" and stdout == b"", (stdout, stderr)

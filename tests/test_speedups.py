@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from oracle import reference_model, tiny_config
+from oracle import WINDOW, random_prompt, reference_greedy, windowed_pair
 
 from sc2cli.cache import KVCache
 from sc2cli.decode import resolve_mode
@@ -15,36 +15,11 @@ from sc2cli.linear import GEMV_ROWS, Int8Linear, PackedLinear, packing_supported
 from sc2cli.lookup import PromptLookup
 from sc2cli.modeling import Starcoder2ForCausalLM
 
-WINDOW = 16
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    """(reference, ours) on one sharp random checkpoint with a window of 16 (greedy output stays varied)."""
-    directory = tmp_path_factory.mktemp("windowed")
-    config = tiny_config(sliding_window=WINDOW, num_key_value_heads=1, hidden_size=64, intermediate_size=128,
-                         num_attention_heads=8)
-    ref = reference_model("Starcoder2ForCausalLM", seed=12, **config)
-    ref.save_pretrained(directory)
-    return ref, Starcoder2ForCausalLM.from_pretrained(directory).prepare_for_inference()
-
-
-def _prompt(length: int, seed: int) -> list[int]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(40, 99, (length,), generator=gen).tolist()
-
-
-def _reference_greedy(ref, prompts: list[list[int]], new: int) -> list[list[int]]:
-    width = max(map(len, prompts))
-    ids = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p)
-        mask[row, width - len(p):] = 1
-    with torch.no_grad():
-        out = ref.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False, eos_token_id=None,
-                           pad_token_id=0)
-    return out[:, width:].tolist()
+    """(reference, ours prepared for inference) on the windowed checkpoint of the engine tests."""
+    ref, ours = windowed_pair(tmp_path_factory.mktemp("windowed"))
+    return ref, ours.prepare_for_inference()
 
 
 # ---- linear kernels ----------------------------------------------------------------------------------------------
@@ -103,7 +78,7 @@ def test_int8_model_stays_close_and_cannot_be_saved(pair, tmp_path):
     plain = Starcoder2ForCausalLM.from_pretrained(tmp_path / "src").prepare_for_inference()
     q8 = Starcoder2ForCausalLM.from_pretrained(tmp_path / "src").prepare_for_inference("int8")
     assert isinstance(q8.lm_head, Int8Linear) and isinstance(q8.model.layers[0].self_attn.qkv_kernel, Int8Linear)
-    ids = torch.tensor([_prompt(20, seed=5)])
+    ids = torch.tensor([random_prompt(20, seed=5)])
     with torch.no_grad():
         a, b = plain(ids).logits, q8(ids).logits
     assert (a - b).abs().max().item() <= 0.05 * a.abs().max().item()
@@ -117,17 +92,17 @@ def test_int8_model_stays_close_and_cannot_be_saved(pair, tmp_path):
 
 def test_static_step_equals_reference_with_padding_and_window(pair):
     ref, ours = pair
-    prompts = [_prompt(24, seed=1), _prompt(7, seed=2)]  # left padding, and the window crossed twice
+    prompts = [random_prompt(24, seed=1), random_prompt(7, seed=2)]  # left padding, and the window crossed twice
     new = 40
     got = generate(ours, None, prompts, stop=StopConditions(max_new_tokens=new), decode="static")
-    assert [c.tokens for c in got] == _reference_greedy(ref, prompts, new)
+    assert [c.tokens for c in got] == reference_greedy(ref, prompts, new)
 
 
 def test_static_step_logits_equal_eager_logits_at_every_step(pair):
     _, ours = pair
     from sc2cli.decode import EagerStep, StaticStep
 
-    prompt = torch.tensor([_prompt(5, seed=3)])
+    prompt = torch.tensor([random_prompt(5, seed=3)])
     caches = [KVCache(ours.config, 1, 5 + 3 * WINDOW) for _ in range(2)]
     worst = 0.0
     with torch.inference_mode():
@@ -170,8 +145,8 @@ def test_lookup_drafts_what_followed_the_latest_earlier_occurrence():
 
 def test_tentative_step_then_commit_equals_writing_the_kept_columns(pair):
     _, ours = pair
-    prompt = torch.tensor([_prompt(14, seed=4)])
-    extra = torch.tensor([_prompt(6, seed=5)])
+    prompt = torch.tensor([random_prompt(14, seed=4)])
+    extra = torch.tensor([random_prompt(6, seed=5)])
     a, b = (KVCache(ours.config, 1, 40) for _ in range(2))
     with torch.inference_mode():
         prefill(ours, prompt, torch.ones_like(prompt), a)
@@ -191,7 +166,7 @@ def test_tentative_step_then_commit_equals_writing_the_kept_columns(pair):
 def test_prompt_lookup_checks_drafts_and_gives_exactly_the_greedy_tokens(pair, monkeypatch):
     ref, ours = pair
     # A prompt that repeats itself, so drafts are found; whether they are accepted is up to the model.
-    base = _prompt(12, seed=6)
+    base = random_prompt(12, seed=6)
     prompts = [base + base + base[:5]]
     new = 48
     passes = {"one": 0, "many": 0}
@@ -205,6 +180,6 @@ def test_prompt_lookup_checks_drafts_and_gives_exactly_the_greedy_tokens(pair, m
     with_lookup = generate(ours, None, prompts, stop=StopConditions(max_new_tokens=new), prompt_lookup=True)[0]
     draft_passes = passes["many"] - 1  # minus the prefill
     plain = generate(ours, None, prompts, stop=StopConditions(max_new_tokens=new), prompt_lookup=False)[0]
-    assert with_lookup.tokens == plain.tokens == _reference_greedy(ref, prompts, new)[0]
+    assert with_lookup.tokens == plain.tokens == reference_greedy(ref, prompts, new)[0]
     assert abs(with_lookup.logprob - plain.logprob) <= 1e-3
     assert draft_passes > 0, "the repeated prompt should have produced drafts"

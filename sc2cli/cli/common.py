@@ -44,9 +44,9 @@ def decode_mode(decode: str, loaded) -> str:
 
 
 def check_prompt_lookup(prompt_lookup: bool | None, sampling, num_samples: int) -> None:
-    from ..engine import LOOKUP_NEEDS
+    from ..engine import LOOKUP_NEEDS, lookup_applies
 
-    if prompt_lookup and not (sampling.greedy and sampling.repetition_penalty == 1.0 and num_samples == 1):
+    if prompt_lookup and not lookup_applies(sampling, num_samples):  # (one prompt: its samples are the rows)
         raise UsageError(f"--prompt-lookup: {LOOKUP_NEEDS}")
 
 
