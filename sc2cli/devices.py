@@ -1,12 +1,71 @@
-"""Choosing the device and dtype a model runs in."""
+"""Choosing the device and dtype a model runs in, and what the CPU's kernels can do there.
+
+Errors here describe the problem in the request's terms (`InputError(..., field="device" | "dtype")`); the edge
+names its own flag or field.
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
 
-from .errors import UsageError
+from .errors import InputError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class CpuCapability:
+    """What this CPU's kernels can do, as far as sc2's choices go (see `cpu_capability`)."""
+
+    isa: str  # torch's dispatch level: "AVX512", "AVX2", "DEFAULT", ... (`torch.backends.cpu.get_cpu_capability`)
+    onednn_bf16: bool  # oneDNN runs bf16 linears (prepacked bf16 weights, `linear.PackedLinear`)
+    int8_vnni: bool  # fbgemm's int8 GEMM sums u8 x s8 products in 32 bits (AVX-512 VNNI), never in 16
+
+
+# Typical machines, for tests that force a branch and for reading the code.
+AVX512_VNNI_CPU = CpuCapability("AVX512", onednn_bf16=True, int8_vnni=True)  # Cascade Lake and later Xeons, Zen 4
+AVX512_CPU = CpuCapability("AVX512", onednn_bf16=True, int8_vnni=False)  # Skylake-SP
+AVX2_CPU = CpuCapability("AVX2", onednn_bf16=False, int8_vnni=False)  # Haswell to Comet Lake, Zen 1-3
+
+# fbgemm's FBGEMM_ENABLE_INSTRUCTIONS values that cap it below its VNNI kernels.
+_FBGEMM_WITHOUT_VNNI = ("AVX2", "AVX512", "AVX512_256")
+
+
+def cpu_capability() -> CpuCapability:
+    """The one probe of the CPU's features: every kernel choice that depends on them asks here (and a test
+    forces a branch by replacing this function).
+
+    - oneDNN's bf16 linear needs AVX-512 BW+VL+DQ or AVX-NE-CONVERT on x86 (elsewhere it raises "bf16 path
+      needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq"). Other architectures are not
+      claimed: bf16 runs there on plain `F.linear`.
+    - fbgemm's int8 GEMM multiplies u8 activations by s8 weights. With AVX-512 VNNI each product is summed in
+      32 bits; without it (AVX2, or AVX-512 before Cascade Lake) pairs of products are first added into a
+      saturating 16-bit sum, which 8-bit activations overflow (255 * 127 * 2 > 32767). fbgemm honours
+      FBGEMM_ENABLE_INSTRUCTIONS, so a value below AVX512_E1 there means no VNNI either.
+    """
+    isa = torch.backends.cpu.get_cpu_capability()
+    caps = _cpu_features()
+    x86 = caps.get("architecture", "x86_64") in ("x86_64", "x86", "i386", "i686", "AMD64")
+    onednn_bf16 = x86 and bool(caps.get("avx_ne_convert") or (
+        caps.get("avx512_bw") and caps.get("avx512_vl") and caps.get("avx512_dq")))
+    vnni = x86 and bool(caps.get("avx512_vnni"))
+    if os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "").strip().upper() in _FBGEMM_WITHOUT_VNNI:
+        vnni = False
+    return CpuCapability(isa, onednn_bf16=onednn_bf16, int8_vnni=vnni)
+
+
+def _cpu_features() -> dict:
+    """cpuinfo's feature flags (`torch.cpu.get_capabilities`, torch >= 2.9); on an older torch, the few this
+    module reads, from torch's private probes (AVX-NE-CONVERT is then not known, so not claimed)."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    if get is not None:
+        return dict(get())
+    avx512 = bool(getattr(torch.cpu, "_is_avx512_supported", lambda: False)())
+    vnni = bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
+    return {"avx512_bw": avx512, "avx512_vl": avx512, "avx512_dq": avx512, "avx512_vnni": vnni}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -21,17 +80,19 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps", field="device") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA GPU is available here; use --device cpu (or auto)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise InputError("no CUDA GPU is available here; use cpu (or auto)", field="device")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise InputError(f"there is no {name}: only {count} CUDA device(s) present (cuda:0 to cuda:{count - 1})",
+                             field="device")
     elif device.type == "mps":
         if not _mps_available():
-            raise UsageError("--device mps: Apple MPS is not available here; use --device cpu (or auto)")
+            raise InputError("Apple MPS is not available here; use cpu (or auto)", field="device")
     elif device.type != "cpu":
-        raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+        raise InputError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps", field="device")
     return device
 
 
@@ -41,8 +102,8 @@ def _mps_available() -> bool:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto': bfloat16 where the hardware does it fast (CUDA with bf16, CPUs with AVX-512), float16 on MPS
-    and older GPUs, else float32. An explicit dtype must run on the device."""
+    """'auto': bfloat16 where the hardware does it fast (CUDA with bf16, CPUs with AVX-512 and oneDNN's bf16
+    kernels), float16 on MPS and older GPUs, else float32. An explicit dtype must run on the device."""
     name = name.strip().lower()
     if name == "auto":
         if device.type == "cuda":
@@ -51,16 +112,16 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             return torch.float16
         return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
     if name not in DTYPES:
-        raise UsageError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
+        raise InputError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16", field="dtype")
     dtype = DTYPES[name]
     if not _runs(dtype, device):
-        raise UsageError(f"--dtype {name} does not run on {device}; use --dtype float32 (or auto)")
+        raise InputError(f"{name} does not run on {device}; use float32 (or auto)", field="dtype")
     return dtype
 
 
 def _cpu_has_fast_bf16() -> bool:
-    capability = torch.backends.cpu.get_cpu_capability()
-    return capability.startswith("AVX512")
+    capability = cpu_capability()
+    return capability.isa.startswith("AVX512") and capability.onednn_bf16
 
 
 def _runs(dtype: torch.dtype, device: torch.device) -> bool:

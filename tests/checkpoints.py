@@ -8,7 +8,7 @@ import torch
 from oracle import sharpen_, tiny_config
 from tokenizer_fixture import TEST_VOCAB_SIZE, write_test_tokenizer
 
-from sc2cli import modeling
+from sc2cli import model as modeling
 
 
 def make_checkpoint(directory: str | Path, class_name: str = "Starcoder2ForCausalLM", seed: int = 0,

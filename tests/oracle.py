@@ -60,7 +60,7 @@ def windowed_pair(directory):
 
     This shape and seed keep greedy output varied for 70+ tokens (many random models collapse to one repeated
     token, which would hide cache bugs); the engine's greedy test asserts that variety."""
-    from sc2cli.modeling import Starcoder2ForCausalLM
+    from sc2cli.model.transformer import Starcoder2ForCausalLM
 
     config = tiny_config(sliding_window=WINDOW, num_key_value_heads=1, hidden_size=64, intermediate_size=128,
                          num_attention_heads=8)

@@ -8,9 +8,9 @@ import pytest
 from checkpoints import make_checkpoint
 from typer.testing import CliRunner
 
-from sc2cli import bench_infill as bench
+from sc2cli.bench import infill as bench
 from sc2cli.cli import app
-from sc2cli.trainset import SourceFile
+from sc2cli.train.data import SourceFile
 
 CODE = '''import os
 

@@ -12,12 +12,12 @@ import sys
 import pytest
 from cli_helpers import assert_one_line_error, isolated_env, run_sc2
 
-from sc2cli import bench_speed as bench
-from sc2cli.config import Starcoder2Config
+from sc2cli.bench import checkpoints, roofline, speed, tables, workers
+from sc2cli.model.config import Starcoder2Config
 
 FAST = ["--shape", "tiny", "--repeats", "1", "--prompt-tokens", "16", "--new-tokens", "4", "--threads", "1",
         "--bandwidth-gib", "0.01"]
-METRIC_KEYS = [key for key, *_ in bench.METRICS]
+METRIC_KEYS = [key for key, *_ in tables.METRICS]
 
 
 @pytest.fixture(scope="module")
@@ -54,26 +54,27 @@ def test_bytes_per_token_tied():
     per_layer = attention + mlp + norms
     expected = layers * per_layer + 2 * h + vocab * h  # final norm; the tied head reads the embeddings in full
     config = _config()
-    assert bench.parameter_count(config) == expected
-    assert bench.weight_bytes_per_token(config, 2) == 2 * expected
-    assert bench.weight_bytes_per_token(config, 4) == 4 * expected
+    assert roofline.parameter_count(config) == expected
+    assert roofline.weight_bytes_per_token(config, 2) == 2 * expected
+    assert roofline.weight_bytes_per_token(config, 4) == 4 * expected
 
 
 def test_bytes_per_token_untied_reads_one_embedding_row():
-    tied = bench.weight_bytes_per_token(_config(), 2)
-    untied = bench.weight_bytes_per_token(_config(tie_word_embeddings=False), 2)
+    tied = roofline.weight_bytes_per_token(_config(), 2)
+    untied = roofline.weight_bytes_per_token(_config(tie_word_embeddings=False), 2)
     assert untied == tied + 2 * 64  # the separate lm_head is read in full, the embedding one row per token
-    assert bench.parameter_count(_config(tie_word_embeddings=False)) == bench.parameter_count(_config()) + 512 * 64
+    untied_params = roofline.parameter_count(_config(tie_word_embeddings=False))
+    assert untied_params == roofline.parameter_count(_config()) + 512 * 64
 
 
 def test_roofline_of_the_s_shape_matches_the_peer_measurements():
-    config = bench.shape_config("s")
-    assert abs(bench.parameter_count(config) / 1e6 - 182.6) < 0.1  # perf-peers.md: 182.6M params, 365 MB in bf16
-    per_token = bench.weight_bytes_per_token(config, 2)
+    config = checkpoints.shape_config("s")
+    assert abs(roofline.parameter_count(config) / 1e6 - 182.6) < 0.1  # perf-peers.md: 182.6M params, 365 MB in bf16
+    per_token = roofline.weight_bytes_per_token(config, 2)
     assert abs(per_token / 1e6 - 365.2) < 0.5
-    assert abs(bench.roofline_tok_s(74.0, per_token) - 203) < 1  # perf-peers.md: ~199 at ~74 GB/s
-    assert bench.roofline_tok_s(100.0, 10**9, batch=4) == pytest.approx(400.0)
-    assert bench.shape_config("3b").hidden_size == 3072
+    assert abs(roofline.roofline_tok_s(74.0, per_token) - 203) < 1  # perf-peers.md: ~199 at ~74 GB/s
+    assert roofline.roofline_tok_s(100.0, 10**9, batch=4) == pytest.approx(400.0)
+    assert checkpoints.shape_config("3b").hidden_size == 3072
 
 
 # ---- the random checkpoint cache ---------------------------------------------------------------------------------
@@ -81,12 +82,12 @@ def test_roofline_of_the_s_shape_matches_the_peer_measurements():
 def test_random_checkpoint_is_written_once_and_loads(tmp_path):
     import torch
 
-    from sc2cli.modeling import Starcoder2ForCausalLM
+    from sc2cli.model.transformer import Starcoder2ForCausalLM
 
-    path, written = bench.random_checkpoint("tiny", "bfloat16", root=tmp_path)
+    path, written = checkpoints.random_checkpoint("tiny", "bfloat16", root=tmp_path)
     assert written and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
     mtime = (path / "model.safetensors").stat().st_mtime_ns
-    again, written_again = bench.random_checkpoint("tiny", "bfloat16", root=tmp_path)
+    again, written_again = checkpoints.random_checkpoint("tiny", "bfloat16", root=tmp_path)
     assert again == path and not written_again
     assert (path / "model.safetensors").stat().st_mtime_ns == mtime
     model = Starcoder2ForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
@@ -96,10 +97,10 @@ def test_random_checkpoint_is_written_once_and_loads(tmp_path):
     std = model.model.layers[0].mlp.c_fc.weight.float().std().item()
     assert 0.018 < std < 0.022
     # seeded: a second folder holds the same bytes
-    other, _ = bench.random_checkpoint("tiny", "bfloat16", root=tmp_path / "other")
+    other, _ = checkpoints.random_checkpoint("tiny", "bfloat16", root=tmp_path / "other")
     assert (other / "model.safetensors").read_bytes() == (path / "model.safetensors").read_bytes()
     # float32 is a separate folder
-    f32, written_f32 = bench.random_checkpoint("tiny", "float32", root=tmp_path)
+    f32, written_f32 = checkpoints.random_checkpoint("tiny", "float32", root=tmp_path)
     assert written_f32 and f32 != path
 
 
@@ -107,24 +108,24 @@ def test_random_checkpoint_loads_in_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
     import torch
 
-    path, _ = bench.random_checkpoint("tiny", "float32", root=tmp_path)
+    path, _ = checkpoints.random_checkpoint("tiny", "float32", root=tmp_path)
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    assert model.num_parameters() == bench.parameter_count(bench.shape_config("tiny"))
+    assert model.num_parameters() == roofline.parameter_count(checkpoints.shape_config("tiny"))
 
 
 # ---- the worker --------------------------------------------------------------------------------------------------
 
 def test_worker_prints_one_json_record(tmp_path):
-    path, _ = bench.random_checkpoint("tiny", "float32", root=tmp_path)
+    path, _ = checkpoints.random_checkpoint("tiny", "float32", root=tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "sc2cli.bench_speed", "worker", "--engine", "sc2", "--checkpoint", str(path),
+        [sys.executable, "-m", "sc2cli.bench.workers", "worker", "--engine", "sc2", "--checkpoint", str(path),
          "--dtype", "float32", "--threads", "1", "--prompt-tokens", "12", "--new-tokens", "3"],
         capture_output=True, text=True, timeout=300, env=isolated_env(tmp_path))
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) == 1
     record = json.loads(lines[0])
-    assert set(record) == set(bench.WORKER_KEYS)
+    assert set(record) == set(workers.WORKER_KEYS)
     assert record["engine"] == "sc2" and record["dtype"] == "float32" and record["threads"] == 1
     assert record["prompt_tokens"] == 12 and record["new_tokens"] == 3
     for key in ("load_s", "ttft_cold_s", "ttft_s", "prefill_s", "prefill_tok_s", "decode_b1_tok_s", "decode_b4_tok_s"):
@@ -135,7 +136,7 @@ def test_worker_prints_one_json_record(tmp_path):
 
 
 def test_bandwidth_process(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "sc2cli.bench_speed", "bandwidth", "--gib", "0.01",
+    result = subprocess.run([sys.executable, "-m", "sc2cli.bench.workers", "bandwidth", "--gib", "0.01",
                              "--passes", "3"], capture_output=True, text=True, timeout=120, env=isolated_env(tmp_path))
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
@@ -153,9 +154,9 @@ def test_json_schema(json_run):
                                "variants": {"sc2": {"quantize": "none", "decode": "auto"},
                                             "sc2-int8": {"quantize": "int8", "decode": "auto"}}}
     model = doc["model"]
-    assert model["parameters"] == bench.parameter_count(bench.shape_config("tiny"))
+    assert model["parameters"] == roofline.parameter_count(checkpoints.shape_config("tiny"))
     assert model["weight_bytes"] == 2 * model["parameters"]
-    assert model["bytes_per_token"] == bench.weight_bytes_per_token(bench.shape_config("tiny"), 2)
+    assert model["bytes_per_token"] == roofline.weight_bytes_per_token(checkpoints.shape_config("tiny"), 2)
     assert model["checkpoint_written"] is True and "writing random tiny weights" in stderr
     assert len(doc["bandwidth"]["samples"]) == 1 and doc["bandwidth"]["gbps"] > 0
     assert doc["roofline"]["batch4_tok_s"] == pytest.approx(4 * doc["roofline"]["batch1_tok_s"])
@@ -164,10 +165,10 @@ def test_json_schema(json_run):
     for name, engine in doc["engines"].items():
         assert engine["available"] and not engine["errors"], (name, engine["errors"])
         (sample,) = engine["samples"]
-        assert set(bench.WORKER_KEYS) <= set(sample) and sample["engine"] == name
+        assert set(workers.WORKER_KEYS) <= set(sample) and sample["engine"] == name
         read = model["bytes_per_token"] // (2 if name == "sc2-int8" else 1)  # int8: one byte per weight
         assert sample["roofline_b1"] == pytest.approx(
-            sample["decode_b1_tok_s"] / bench.roofline_tok_s(sample["bandwidth_gbps"], read))
+            sample["decode_b1_tok_s"] / roofline.roofline_tok_s(sample["bandwidth_gbps"], read))
         assert sample["rss_ratio"] == pytest.approx(sample["rss_peak_bytes"] / model["weight_bytes"])
         assert set(engine["summary"]) == set(METRIC_KEYS)
         for key in METRIC_KEYS:
@@ -186,18 +187,18 @@ def test_table_has_every_metric_row():
     }
     samples = [{**{k: 1.0 + r for k in METRIC_KEYS}, "version": "5.0"} for r in range(3)]
     doc["engines"] = {
-        "sc2": {"available": True, "reason": None, "samples": samples, "summary": bench.summarize(samples)},
-        "transformers": {"available": True, "reason": None, "samples": samples, "summary": bench.summarize(samples)},
-        "llama.cpp": {"available": False, "reason": "not installed", "samples": [], "summary": bench.summarize([])},
+        "sc2": {"available": True, "reason": None, "samples": samples, "summary": speed.summarize(samples)},
+        "transformers": {"available": True, "reason": None, "samples": samples, "summary": speed.summarize(samples)},
+        "llama.cpp": {"available": False, "reason": "not installed", "samples": [], "summary": speed.summarize([])},
     }
-    table = bench.render_table(doc)
+    table = tables.render_table(doc)
     assert "Test CPU" in table and "2 threads" in table and "bfloat16" in table and "182.6M parameters" in table
     assert "70.0 GB/s (65.0–74.0)" in table
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     header = [c.strip() for c in rows[0].strip("|").split("|")]
     assert header == ["metric", "sc2", "transformers", "llama.cpp", "sc2/transformers", "sc2/llama.cpp"]
     labels = [c.strip("|").split("|")[0].strip() for c in rows[1:]]
-    assert labels == ["available"] + [label.strip() for _, label, *_ in bench.METRICS]
+    assert labels == ["available"] + [label.strip() for _, label, *_ in tables.METRICS]
     assert "not installed" in rows[1]
     decode = next(r for r in rows if "decode, batch 1" in r)
     assert "2.0 (1.0–3.0)" in decode and "1.00x" in decode
@@ -205,9 +206,9 @@ def test_table_has_every_metric_row():
     faster = [{**s, "decode_b1_tok_s": 2 * s["decode_b1_tok_s"]} for s in samples]
     doc["engines"] = {"sc2": doc["engines"]["sc2"],
                       "sc2-int8": {"available": True, "reason": None, "samples": faster,
-                                   "summary": bench.summarize(faster)},
+                                   "summary": speed.summarize(faster)},
                       "transformers": doc["engines"]["transformers"]}
-    rows = [line for line in bench.render_table(doc).splitlines() if line.startswith("| ")]
+    rows = [line for line in tables.render_table(doc).splitlines() if line.startswith("| ")]
     header = [c.strip() for c in rows[0].strip("|").split("|")]
     assert header == ["metric", "sc2", "sc2-int8", "transformers", "sc2/transformers", "sc2-int8/sc2"]
     decode = [c.strip() for c in next(r for r in rows if "decode, batch 1" in r).strip("|").split("|")]
@@ -223,7 +224,7 @@ def test_table_run_reuses_the_cached_checkpoint(json_run, home):
     stderr, table = result.stderr.decode(), result.stdout.decode()
     assert "writing random" not in stderr
     assert checkpoint.stat().st_mtime_ns == mtime
-    for _, label, *_ in bench.METRICS:
+    for _, label, *_ in tables.METRICS:
         assert f"| {label.strip()}" in table or f"|   {label.strip()}" in table, label
     assert "sc2/llama.cpp" in table
     try:
@@ -238,6 +239,14 @@ def test_usage_errors(tmp_path):
     assert_one_line_error(run_sc2(["bench", "speed", "--shape", "7b"], tmp_path), 2, "unknown shape")
     assert_one_line_error(run_sc2(["bench", "speed", *FAST, "--prompt-tokens", "5000"], tmp_path,
                                   XDG_CACHE_HOME=str(tmp_path / "cache")), 2, "exceed")
+
+
+def test_speed_module_offers_what_the_command_uses():
+    """`sc2 bench speed` reaches everything through `sc2cli.bench.speed`, whichever module defines it."""
+    assert speed.render_table is tables.render_table and speed.shape_config is checkpoints.shape_config
+    assert speed.PEERS is workers.PEERS and speed.SC2_VARIANTS is workers.SC2_VARIANTS
+    for name in speed.__all__:
+        assert hasattr(speed, name), name
 
 
 def test_help_does_not_import_torch(tmp_path):

@@ -12,7 +12,7 @@ from checkpoints import make_checkpoint
 from cli_helpers import assert_one_line_error, isolated_env, run_sc2
 from typer.testing import CliRunner
 
-from sc2cli import modeling
+from sc2cli import model as modeling
 from sc2cli.cli import app
 from sc2cli.errors import UsageError
 from sc2cli.tokenizer import Tokenizer

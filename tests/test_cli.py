@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from sc2cli.cli import app
 from sc2cli.cli.completions import SHELLS, script
-from sc2cli.engine import StopConditions, generate
-from sc2cli.load import load
+from sc2cli.generation.engine import StopConditions, generate
+from sc2cli.checkpoint import load
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,8 @@ def invoke(args, input=None):
 def _greedy_text(checkpoint, prompt: str, n: int) -> tuple[str, list[int]]:
     """What `sc2 complete` should print, from the library: trailing whitespace healed, and the default scope
     (`--mode auto`: a block after a line ending in ':')."""
-    from sc2cli.cli.complete import scope_filter
-    from sc2cli.healing import split_trailing_whitespace
+    from sc2cli.completion import scope_filter
+    from sc2cli.generation.healing import split_trailing_whitespace
     from sc2cli.tokenizer import boundary_token_ids
 
     loaded = load(str(checkpoint), device="cpu", dtype="float32")
@@ -169,7 +169,7 @@ def test_bad_input_is_one_line_and_exit_code(args, code, needle, checkpoint, tmp
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_missing_cuda_is_a_usage_error(checkpoint, tmp_path):
     result = run_sc2(["complete", "-m", str(checkpoint), "--device", "cuda", "x"], tmp_path)
-    assert_one_line_error(result, 2, "CUDA", "--device cpu")
+    assert_one_line_error(result, 2, "CUDA", "--device", "use cpu")
 
 
 def test_debug_env_shows_the_traceback(tmp_path):

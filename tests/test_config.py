@@ -11,9 +11,9 @@ import torch
 import transformers
 from oracle import tiny_config
 
-from sc2cli import modeling
-from sc2cli.config import DEFAULTS, POSITIVE_INT_FIELDS, Starcoder2Config
-from sc2cli.presets import PRESETS, preset_config
+from sc2cli import model as modeling
+from sc2cli.model.config import DEFAULTS, HIDDEN_ACTS, POSITIVE_INT_FIELDS, Starcoder2Config
+from sc2cli.model.presets import PRESETS, preset_config
 
 # The fields Starcoder2Config itself declares in transformers 5.x (base-config fields are checked separately).
 REF_FIELDS = [name for name in transformers.Starcoder2Config.__annotations__ if name != "rope_parameters"]
@@ -333,6 +333,8 @@ INVALID = {
     "head-dim-zero": (dict(head_dim=0), "head_dim"),
     "head-dim-bool": (dict(head_dim=True), "head_dim"),
     "hidden-act": (dict(hidden_act="relu"), "hidden_act"),
+    "hidden-act-python-tanh": (dict(hidden_act="gelu_python_tanh"), "hidden_act"),  # a reference name sc2 lacks
+    "hidden-act-not-string": (dict(hidden_act=["gelu"]), "hidden_act"),
     "dropout-above-one": (dict(attention_dropout=1.5), "attention_dropout"),
     "dropout-negative": (dict(residual_dropout=-0.1), "residual_dropout"),
     "norm-epsilon": (dict(norm_epsilon=0), "norm_epsilon"),
@@ -353,6 +355,19 @@ def test_invalid_config_raises_value_error_naming_field(case):
         Starcoder2Config(**tiny_config(**overrides))
     with pytest.raises(ValueError, match=re.escape(field)):
         Starcoder2Config.from_dict(json.loads(json.dumps(tiny_config(**overrides), allow_nan=True)))
+
+
+@pytest.mark.parametrize("name", HIDDEN_ACTS)
+def test_every_accepted_activation_is_one_the_model_computes(name):
+    from sc2cli.model.transformer import ACTIVATIONS
+
+    assert Starcoder2Config(**tiny_config(hidden_act=name)).hidden_act == name
+    assert name in ACTIVATIONS  # (each is checked against the reference in test_parity)
+
+
+def test_unsupported_activation_error_lists_the_supported_ones():
+    with pytest.raises(ValueError, match="gelu_pytorch_tanh, gelu_new, gelu_fast, gelu"):
+        Starcoder2Config(**tiny_config(hidden_act="silu"))
 
 
 def test_valid_edge_values_accepted():

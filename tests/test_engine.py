@@ -8,10 +8,10 @@ from conftest import PARITY_REPORT
 from oracle import WINDOW, random_prompt, reference_greedy, tiny_config, windowed_pair
 from tokenizer_fixture import TEST_VOCAB_SIZE, write_test_tokenizer
 
-from sc2cli.cache import KVCache
-from sc2cli.engine import StopConditions, generate, prefill, stream
-from sc2cli.modeling import Starcoder2ForCausalLM
-from sc2cli.sampling import SamplingParams
+from sc2cli.model.cache import KVCache
+from sc2cli.generation.engine import StopConditions, generate, prefill, stream
+from sc2cli.model.transformer import Starcoder2ForCausalLM
+from sc2cli.generation.sampling import SamplingParams
 from sc2cli.tokenizer import Tokenizer
 from scripted import ScriptedModel
 
@@ -145,7 +145,7 @@ def tokenizer(tmp_path_factory):
 
 
 def _scripted(tokenizer, text: str, tail: list[int] = ()):
-    from sc2cli.config import Starcoder2Config
+    from sc2cli.model.config import Starcoder2Config
 
     config = Starcoder2Config(**tiny_config(vocab_size=TEST_VOCAB_SIZE, sliding_window=None))
     script = tokenizer.encode(text) + list(tail)

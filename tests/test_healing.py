@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from sc2cli.engine import StopConditions, generate
-from sc2cli.healing import Healer, split_trailing_whitespace
+from sc2cli.generation.engine import StopConditions, generate
+from sc2cli.generation.healing import Healer, split_trailing_whitespace
 from sc2cli.hub import shipped_model_dir
-from sc2cli.modeling import Starcoder2ForCausalLM
+from sc2cli.model.transformer import Starcoder2ForCausalLM
 from sc2cli.tokenizer import Tokenizer
 
 

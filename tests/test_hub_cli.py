@@ -17,7 +17,7 @@ from checkpoints import make_checkpoint
 from cli_helpers import assert_one_line_error, isolated_env, run_sc2
 from typer.testing import CliRunner
 
-from sc2cli import hub, modeling
+from sc2cli import hub, model as modeling
 from sc2cli.cli import app, main
 from sc2cli.cli.download import weights_problem
 from sc2cli.errors import UsageError

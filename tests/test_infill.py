@@ -28,13 +28,14 @@ from tokenizer_fixture import build_test_tokenizer
 from typer.testing import CliRunner
 
 from sc2cli import files
-from sc2cli import infill as fill
+from sc2cli.fim import prompt as prompting, scope
+from sc2cli.fim import source as fim_source
 from sc2cli.cli import common, main
-from sc2cli.cli.infill import rank_candidates
-from sc2cli.engine import Completion
-from sc2cli.errors import UsageError
-from sc2cli.fim import ContextFile
-from sc2cli.load import Loaded, load_config
+from sc2cli.fim.pipeline import rank as rank_candidates
+from sc2cli.generation.engine import Completion
+from sc2cli.errors import InputError
+from sc2cli.fim.formats import ContextFile
+from sc2cli.checkpoint import Loaded, load_config
 from sc2cli.tokenizer import BOUNDARY_TOKENS, SPECIAL_TOKENS, Tokenizer
 
 BIG = 10**6  # a budget nothing reaches
@@ -118,7 +119,8 @@ def no_weights(monkeypatch):
         raise AssertionError("model weights were loaded")
 
     monkeypatch.setattr(common, "load_model", refuse)
-    monkeypatch.setattr("sc2cli.load.load", refuse)
+    monkeypatch.setattr("sc2cli.checkpoint.load", refuse)
+    monkeypatch.setattr("sc2cli.checkpoint.load_model", refuse)
 
 
 @pytest.fixture
@@ -188,33 +190,33 @@ CURSORS = {
 @pytest.mark.parametrize("case", list(CURSORS), ids=list(CURSORS))
 def test_exact_prompt_and_bytes_for_each_cursor(tok, case):
     data, line, column, prefix, suffix, middle, filled, append = CURSORS[case]
-    source = fill.SourceText.from_bytes(data)
-    cursor = fill.cursor_at(source, line, column)
+    source = fim_source.SourceText.from_bytes(data)
+    cursor = fim_source.cursor_at(source, line, column)
     assert cursor.line == line and cursor.append is append
-    assert fill.split_at(source, cursor) == (prefix, suffix)
-    prompt = fill.build_prompt(tok, prefix, suffix, BIG)
+    assert fim_source.split_at(source, cursor) == (prefix, suffix)
+    prompt = prompting.build_prompt(tok, prefix, suffix, BIG)
     assert prompt.ids == fim_ids(tok, prefix, suffix)
     assert prompt.text == fim_text(prefix, suffix)
     assert (prompt.prefix, prompt.suffix) == (prefix, suffix)
     assert not prompt.truncation.any
-    assert fill.filled_bytes(source, cursor, middle) == filled
+    assert fim_source.filled_bytes(source, cursor, middle) == filled
 
 
 def test_model_text_is_lf_and_utf8_while_the_bytes_are_kept(tok):
-    source = fill.SourceText.from_bytes(b"a = 1\r\n# \xff\r\n\r\nb = 2\r\n")
+    source = fim_source.SourceText.from_bytes(b"a = 1\r\n# \xff\r\n\r\nb = 2\r\n")
     assert source.crlf and source.newline == "\r\n"
-    prefix, suffix = fill.split_at(source, fill.cursor_at(source, 3))
+    prefix, suffix = fim_source.split_at(source, fim_source.cursor_at(source, 3))
     assert "\r" not in prefix + suffix
     assert prefix == "a = 1\n# \ufffd\n" and suffix == "\nb = 2\n"
-    prompt = fill.build_prompt(tok, prefix, suffix, BIG)
+    prompt = prompting.build_prompt(tok, prefix, suffix, BIG)
     assert tok.decode(prompt.ids) == fim_text(prefix, suffix)
-    filled = fill.filled_bytes(source, fill.cursor_at(source, 3), "c = [\n  1,\r\n]")
+    filled = fim_source.filled_bytes(source, fim_source.cursor_at(source, 3), "c = [\n  1,\r\n]")
     assert filled == b"a = 1\r\n# \xff\r\nc = [\r\n  1,\r\n]\r\nb = 2\r\n"
 
 
 def test_file_text_never_becomes_a_special_token(tok):
     prefix, suffix = 'a = "<fim_prefix><file_sep>"\n', '\nb = "<fim_middle><|endoftext|>"\n'
-    ids = fill.build_prompt(tok, prefix, suffix, BIG).ids
+    ids = prompting.build_prompt(tok, prefix, suffix, BIG).ids
     for name in ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"):
         assert ids.count(tok.token_id(name)) == 1, name
     for name in ("<file_sep>", "<|endoftext|>"):
@@ -224,55 +226,57 @@ def test_file_text_never_becomes_a_special_token(tok):
 
 
 def test_empty_prefix_and_suffix(tok):
-    prompt = fill.build_prompt(tok, "", "", BIG)
+    prompt = prompting.build_prompt(tok, "", "", BIG)
     assert prompt.ids == [tok.token_id("<fim_prefix>"), tok.token_id("<fim_suffix>"), tok.token_id("<fim_middle>")]
     assert prompt.text == "<fim_prefix><fim_suffix><fim_middle>"
     # A file that is only the marker is the same prompt.
-    source, cursor = fill.cursor_at_marker(fill.SourceText.from_bytes(b"<CURSOR>"), "<CURSOR>")
-    assert fill.split_at(source, cursor) == ("", "")
-    assert fill.filled_bytes(source, cursor, "x = 1\n") == b"x = 1\n"
+    source, cursor = fim_source.cursor_at_marker(fim_source.SourceText.from_bytes(b"<CURSOR>"), "<CURSOR>")
+    assert fim_source.split_at(source, cursor) == ("", "")
+    assert fim_source.filled_bytes(source, cursor, "x = 1\n") == b"x = 1\n"
 
 
 @pytest.mark.parametrize("data", [b"", b"  \n\n", b"\r\n"])
 def test_empty_file_is_refused(data):
-    with pytest.raises(UsageError, match="empty"):
-        fill.SourceText.from_bytes(data)
+    with pytest.raises(InputError, match="empty"):
+        fim_source.SourceText.from_bytes(data)
 
 
 def test_marker_places_the_cursor_and_is_removed(tok):
-    source = fill.SourceText.from_bytes(b"def f(x):\r\n    return <CURSOR> + 1\r\n<CURSOR>\r\n")
-    stripped, cursor = fill.cursor_at_marker(source, "<CURSOR>")
+    source = fim_source.SourceText.from_bytes(b"def f(x):\r\n    return <CURSOR> + 1\r\n<CURSOR>\r\n")
+    stripped, cursor = fim_source.cursor_at_marker(source, "<CURSOR>")
     assert stripped.data == b"def f(x):\r\n    return  + 1\r\n<CURSOR>\r\n"  # only the first occurrence
     assert stripped.crlf
     assert (cursor.line, cursor.column, cursor.append) == (2, 12, False)
-    assert fill.split_at(stripped, cursor) == ("def f(x):\n    return ", " + 1\n<CURSOR>\n")
-    assert fill.filled_bytes(stripped, cursor, "x") == b"def f(x):\r\n    return x + 1\r\n<CURSOR>\r\n"
+    assert fim_source.split_at(stripped, cursor) == ("def f(x):\n    return ", " + 1\n<CURSOR>\n")
+    assert fim_source.filled_bytes(stripped, cursor, "x") == b"def f(x):\r\n    return x + 1\r\n<CURSOR>\r\n"
     # The same cursor as --line/--column gives.
-    assert fill.cursor_at(stripped, 2, 12) == cursor
-    with pytest.raises(UsageError, match="does not occur"):
-        fill.cursor_at_marker(source, "<NOPE>")
-    with pytest.raises(UsageError, match="empty"):
-        fill.cursor_at_marker(source, "")
+    assert fim_source.cursor_at(stripped, 2, 12) == cursor
+    with pytest.raises(InputError, match="does not occur"):
+        fim_source.cursor_at_marker(source, "<NOPE>")
+    with pytest.raises(InputError, match="empty"):
+        fim_source.cursor_at_marker(source, "")
 
 
-@pytest.mark.parametrize("data, line, column, needle", [
-    (b"a = 1\nb = 2\n", 0, None, "--line 0"),
-    (b"a = 1\nb = 2\n", 4, None, "--line 4"),
-    (b"a = 1\nb = 2", 4, None, "use 1..3"),
-    (b"a = 1\nb = 2\n", -1, None, "--line -1"),
-    (b"a = 1\nb = 2\n", 1, 0, "--column 0"),
-    (b"a = 1\nb = 2\n", 1, 7, "--column 7"),
-    (b"ab\r\n", 1, 4, "--column 4"),  # the CR is not a column
-    (b"a = 1\nb = 2\n", 3, 2, "--column 2"),
+@pytest.mark.parametrize("data, line, column, needle, field", [
+    (b"a = 1\nb = 2\n", 0, None, "^line 0 is outside", "line"),
+    (b"a = 1\nb = 2\n", 4, None, "^line 4 is outside", "line"),
+    (b"a = 1\nb = 2", 4, None, "use 1..3", "line"),
+    (b"a = 1\nb = 2\n", -1, None, "^line -1 is outside", "line"),
+    (b"a = 1\nb = 2\n", 1, 0, "^column 0 is outside", "column"),
+    (b"a = 1\nb = 2\n", 1, 7, "^column 7 is outside", "column"),
+    (b"ab\r\n", 1, 4, "^column 4 is outside", "column"),  # the CR is not a column
+    (b"a = 1\nb = 2\n", 3, 2, "^column 2 is outside", "column"),
 ])
-def test_line_or_column_outside_the_file_is_a_usage_error(data, line, column, needle):
-    with pytest.raises(UsageError, match=needle):
-        fill.cursor_at(fill.SourceText.from_bytes(data), line, column)
+def test_line_or_column_outside_the_file_is_an_input_error(data, line, column, needle, field):
+    """The core speaks of the problem and names the request field; no CLI flag appears in its message."""
+    with pytest.raises(InputError, match=needle) as raised:
+        fim_source.cursor_at(fim_source.SourceText.from_bytes(data), line, column)
+    assert raised.value.field == field and "--" not in str(raised.value)
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--line", "9"], "--line 9 is outside the file"),
-    (["--line", "1", "--column", "40"], "--column 40 is outside line 1"),
+    (["--line", "9"], "--line: line 9 is outside the file"),
+    (["--line", "1", "--column", "40"], "--column: column 40 is outside line 1"),
     (["--marker", "<HERE>"], "does not occur"),
 ])
 def test_cli_cursor_outside_the_file_exits_2(tmp_path, home, ckpt, no_weights, args, needle):
@@ -283,7 +287,7 @@ def test_cli_cursor_outside_the_file_exits_2(tmp_path, home, ckpt, no_weights, a
 def test_cli_through_the_real_entry_point(tmp_path):
     """The installed `sc2` script: usage errors are exit 2 and one line, before anything heavy runs."""
     path = write(tmp_path / "a.py", b"x = 1\n")
-    assert_one_line_error(run_sc2(["infill", str(path), "--line", "3"], tmp_path, timeout=60), 2, "--line 3")
+    assert_one_line_error(run_sc2(["infill", str(path), "--line", "3"], tmp_path, timeout=60), 2, "--line: line 3")
 
 
 # ---- 2. stop tokens never reach the output ---------------------------------------------------------------------
@@ -329,11 +333,11 @@ def test_line_mode_through_the_cli_trims_the_closing_bracket(tmp_path, home, ckp
 # ---- 3. when the middle ends: MiddleFilter -----------------------------------------------------------------------
 
 
-def run_filter(mode: str, prefix: str, suffix: str, generated: str, style: fill.IndentStyle | None = None,
+def run_filter(mode: str, prefix: str, suffix: str, generated: str, style: scope.IndentStyle | None = None,
                chunk: int | None = None) -> tuple[str, bool]:
     """Feed `generated` in pieces of `chunk` characters (all at once when None); (middle, stopped by the filter)."""
-    style = style or fill.IndentStyle.detect(prefix + suffix)
-    middle = fill.MiddleFilter(mode, prefix, suffix, style)
+    style = style or scope.IndentStyle.detect(prefix + suffix)
+    middle = scope.MiddleFilter(mode, prefix, suffix, style)
     pieces = [generated] if chunk is None else [generated[i:i + chunk] for i in range(0, len(generated), chunk)]
     out = ""
     for piece in pieces:
@@ -399,16 +403,16 @@ def test_middle_filter(case, chunk):
 
 def test_indentation_follows_the_file_style():
     tabs_prefix, tabs_suffix = "def f():\n\tif x:\n\t\tpass\n\t", "\n\treturn 1\n"
-    style = fill.IndentStyle.detect(tabs_prefix + tabs_suffix)
+    style = scope.IndentStyle.detect(tabs_prefix + tabs_suffix)
     assert style.tabs
     middle, _ = run_filter("block", tabs_prefix, tabs_suffix, "for i in y:\n        print(i)\n    z()\nw()\n")
     assert middle == "for i in y:\n\t\tprint(i)\n\tz()"
     spaces_prefix, spaces_suffix = "def f():\n  if x:\n    pass\n  ", "\n  return 1\n"
-    style = fill.IndentStyle.detect(spaces_prefix + spaces_suffix)
+    style = scope.IndentStyle.detect(spaces_prefix + spaces_suffix)
     assert not style.tabs and style.width == 2
     middle, _ = run_filter("block", spaces_prefix, spaces_suffix, "for i in y:\n\t\tprint(i)\n")
     assert middle == "for i in y:\n    print(i)"
-    assert fill.IndentStyle.detect("x = 1\n") == fill.IndentStyle(tabs=False, width=4)
+    assert scope.IndentStyle.detect("x = 1\n") == scope.IndentStyle(tabs=False, width=4)
 
 
 @pytest.mark.parametrize("mode, suffix, chosen", [
@@ -420,7 +424,7 @@ def test_indentation_follows_the_file_style():
     ("block", "x)\n", "block"),
 ])
 def test_choose_mode(mode, suffix, chosen):
-    assert fill.choose_mode(mode, suffix) == chosen
+    assert scope.choose_mode(mode, suffix) == chosen
 
 
 # ---- 4. the token budget -----------------------------------------------------------------------------------------
@@ -435,7 +439,7 @@ def long_file() -> tuple[str, str]:
 def test_budget_cuts_prefix_from_its_start_and_suffix_from_its_end(tok, long_file):
     prefix, suffix = long_file
     budget = 400
-    prompt = fill.build_prompt(tok, prefix, suffix, budget)
+    prompt = prompting.build_prompt(tok, prefix, suffix, budget)
     assert len(prompt.ids) <= budget
     assert prompt.ids == fim_ids(tok, prompt.prefix, prompt.suffix)
     # The prefix keeps its end (the cursor's line included), cut at a line boundary.
@@ -459,14 +463,14 @@ def test_budget_cuts_prefix_from_its_start_and_suffix_from_its_end(tok, long_fil
 
 def test_budget_gives_a_short_suffix_all_it_needs(tok, long_file):
     prefix, _ = long_file
-    prompt = fill.build_prompt(tok, prefix, "\nprint(1)\n", 300)
+    prompt = prompting.build_prompt(tok, prefix, "\nprint(1)\n", 300)
     assert len(prompt.ids) <= 300
     assert prompt.suffix == "\nprint(1)\n" and prompt.truncation.suffix_chars_cut == 0
 
 
 def test_budget_with_one_huge_cursor_line_keeps_its_end(tok):
     prefix = "x = [" + ", ".join(str(i) for i in range(120)) + ", "
-    prompt = fill.build_prompt(tok, prefix, "]\n", 40)
+    prompt = prompting.build_prompt(tok, prefix, "]\n", 40)
     assert len(prompt.ids) <= 40
     assert prompt.prefix and prefix.endswith(prompt.prefix)
 
@@ -482,8 +486,8 @@ def test_budget_holds_with_a_path_head(tok):
         suffix = "".join(rnd.choice(pieces) for _ in range(rnd.randint(20, 100)))
         budget = rnd.randint(12, 60)
         try:
-            prompt = fill.build_prompt(tok, prefix, suffix, budget, "a", (), "org/app")
-        except UsageError:
+            prompt = prompting.build_prompt(tok, prefix, suffix, budget, "a", (), "org/app")
+        except InputError:
             continue
         fitted += 1
         assert len(prompt.ids) <= budget, (prefix, suffix, budget)
@@ -494,24 +498,24 @@ def test_budget_holds_with_a_path_head(tok):
 
 
 def test_budget_too_small_is_a_usage_error(tok):
-    with pytest.raises(UsageError, match="too small"):
-        fill.build_prompt(tok, "a = 1\n" * 50, "b = 2\n" * 50, 3)
+    with pytest.raises(InputError, match="too small"):
+        prompting.build_prompt(tok, "a = 1\n" * 50, "b = 2\n" * 50, 3)
 
 
 def test_context_files_are_dropped_first(tok, long_file):
     small, big = ContextFile("lib/a.py", "A = 1\n"), ContextFile("lib/b.py", "B = 2\n" * 200)
     prefix, suffix = "import lib\n", "\nprint(lib.A)\n"
-    full = fill.build_prompt(tok, prefix, suffix, BIG, "main.py", [small, big], "org/app")
-    without_big = fill.build_prompt(tok, prefix, suffix, BIG, "main.py", [small], "org/app")
+    full = prompting.build_prompt(tok, prefix, suffix, BIG, "main.py", [small, big], "org/app")
+    without_big = prompting.build_prompt(tok, prefix, suffix, BIG, "main.py", [small], "org/app")
     assert len(full.ids) > len(without_big.ids)
-    prompt = fill.build_prompt(tok, prefix, suffix, len(without_big.ids), "main.py", [small, big], "org/app")
+    prompt = prompting.build_prompt(tok, prefix, suffix, len(without_big.ids), "main.py", [small, big], "org/app")
     assert prompt.ids == without_big.ids and prompt.text == without_big.text
     assert prompt.truncation.dropped_context == ["lib/b.py"]
     assert prompt.truncation.prefix_chars_cut == prompt.truncation.suffix_chars_cut == 0
     assert "left out 1 context file(s): lib/b.py" in prompt.truncation.describe()
     # Only when no context is left are prefix and suffix cut.
     long_prefix, long_suffix = long_file
-    prompt = fill.build_prompt(tok, long_prefix, long_suffix, 300, "main.py", [small, big], "org/app")
+    prompt = prompting.build_prompt(tok, long_prefix, long_suffix, 300, "main.py", [small, big], "org/app")
     assert len(prompt.ids) <= 300
     assert prompt.truncation.dropped_context == ["lib/b.py", "lib/a.py"]
     assert prompt.truncation.prefix_chars_cut > 0 and prompt.truncation.suffix_chars_cut > 0
@@ -595,7 +599,7 @@ def test_diff_applied_by_patch_equals_write(tmp_path, home, ckpt, scripted, monk
 def test_unified_diff_splits_lines_at_lf_only():
     before = b"a\x0cb\nc\x1dd\ne\xe2\x80\xa8f\n"
     after = before + b"g\n"
-    diff = fill.unified_diff(before, after, "/abs/x.py")
+    diff = fim_source.unified_diff(before, after, "/abs/x.py")
     assert diff.startswith(b"--- a/abs/x.py\n+++ b/abs/x.py\n@@ -1,3 +1,4 @@\n")
     assert diff.endswith(b" a\x0cb\n c\x1dd\n e\xe2\x80\xa8f\n+g\n")
 
@@ -678,32 +682,32 @@ def _completion(row: int, text: str, logprob: float, tokens: int = 4) -> Complet
 
 
 def test_rank_candidates_puts_parsing_ones_first():
-    source = fill.SourceText.from_bytes(b"def f(x):\n    return \n")
-    cursor = fill.cursor_at(source, 2)
+    source = fim_source.SourceText.from_bytes(b"def f(x):\n    return \n")
+    cursor = fim_source.cursor_at(source, 2)
     completions = [
         _completion(0, "x +", -0.4),  # best score, does not parse
         _completion(1, "x * 2", -3.2),  # parses, worst score (mean -0.8)
         _completion(2, "(x", -1.0),  # does not parse
         _completion(3, "x - 1", -1.2, tokens=2),  # parses, mean -0.6
     ]
-    ranked = rank_candidates(source, cursor, completions, "\n", python=True)
+    ranked = rank_candidates(source, cursor, completions, python=True)
     assert [(c.index, c.parses) for c in ranked] == [(3, True), (1, True), (0, False), (2, False)]
     assert ranked[0].middle == "x - 1" and ranked[0].filled == b"def f(x):\n    return x - 1\n"
     assert ranked[0].mean_logprob == pytest.approx(-0.6)
     assert ranked[0].to_json() == {"index": 3, "text": "x - 1", "mean_logprob": -0.6, "finish_reason": "stop",
                                    "parses": True}
     # Without the check (not Python, or --no-check): by mean log-probability only, `parses` is null.
-    ranked = rank_candidates(source, cursor, completions, "\n", python=False)
+    ranked = rank_candidates(source, cursor, completions, python=False)
     assert [c.index for c in ranked] == [0, 2, 3, 1]
     assert [c.mean_logprob for c in ranked] == pytest.approx([-0.1, -0.25, -0.6, -0.8])
     assert all(c.parses is None for c in ranked)
 
 
 def test_parses_checks_the_whole_file():
-    assert fill.parses(b"def f():\n    return 1\n")
-    assert not fill.parses(b"def f(:\n")
-    assert not fill.parses(b"x = '\xff'\n")  # not UTF-8: not valid Python source
-    assert not fill.parses(b"x = 1\x00\n")
+    assert fim_source.parses(b"def f():\n    return 1\n")
+    assert not fim_source.parses(b"def f(:\n")
+    assert not fim_source.parses(b"x = '\xff'\n")  # not UTF-8: not valid Python source
+    assert not fim_source.parses(b"x = 1\x00\n")
 
 
 def test_best_of_n_json_on_a_real_checkpoint(tmp_path, home, ckpt):
@@ -714,8 +718,8 @@ def test_best_of_n_json_on_a_real_checkpoint(tmp_path, home, ckpt):
     assert "sampling at --temperature 0.6" in run.err
     result = json.loads(run.out)
     assert set(result) == {"model", "middle", "finish_reason", "mode", "cursor", "prompt_tokens", "truncation",
-                           "candidates"}
-    assert result["model"] == str(ckpt) and result["mode"] == "block"
+                           "seed", "candidates"}
+    assert result["model"] == str(ckpt) and result["mode"] == "block" and result["seed"] == 7
     assert result["cursor"] == {"line": 2, "column": 5, "append": False}
     prefix, suffix = "def f(x):\n    ", "\n    return x\n"
     assert result["prompt_tokens"] == len(fim_ids(Tokenizer.from_dir(ckpt), prefix, suffix))
@@ -725,9 +729,9 @@ def test_best_of_n_json_on_a_real_checkpoint(tmp_path, home, ckpt):
         assert set(c) == {"index", "text", "mean_logprob", "finish_reason", "parses"}
         assert isinstance(c["parses"], bool) and isinstance(c["mean_logprob"], float) and c["mean_logprob"] <= 0
         assert c["finish_reason"] in ("stop", "length")
-        filled = fill.filled_bytes(fill.SourceText.from_bytes(path.read_bytes()),
-                                   fill.cursor_at(fill.SourceText.from_bytes(path.read_bytes()), 2), c["text"])
-        assert c["parses"] == fill.parses(filled)
+        filled = fim_source.filled_bytes(fim_source.SourceText.from_bytes(path.read_bytes()),
+                                   fim_source.cursor_at(fim_source.SourceText.from_bytes(path.read_bytes()), 2), c["text"])
+        assert c["parses"] == fim_source.parses(filled)
         assert not any(special in c["text"] for special in SPECIAL_TOKENS)
     keys = [(not c["parses"], -c["mean_logprob"]) for c in candidates]
     assert keys == sorted(keys)
@@ -798,7 +802,7 @@ def test_unusable_files_exit_2_with_one_line(tmp_path, home, ckpt, no_weights, k
     ([], "--line N"),
     (["--line", "1", "--marker", "X"], "one of them"),
     (["--marker", "X", "--column", "2"], "--column needs --line"),
-    (["--line", "1", "--mode", "word"], "--mode must be"),
+    (["--line", "1", "--mode", "word"], "--mode: the mode must be"),
     (["--line", "1", "--write", "--diff"], "choose one output"),
     (["--line", "1", "--write", "--json"], "choose one output"),
     (["--line", "1", "--diff", "--dry-run"], "choose one output"),
@@ -826,17 +830,19 @@ def test_repo_context_prompt_in_starcoder2_format(tmp_path, home, ckpt, no_weigh
             "-m", str(ckpt), "--dry-run"]
     run = sc2(args)
     assert run.code == 0, run.err
+    # Farthest from src/main.py's folder first, so the nearest files stand right before it (by path within one
+    # folder distance): extra.py and src/sub/b.py are one folder away, src/a.py none.
     expected = ("<repo_name>org/app"
-                "<file_sep>src/a.py\nA = 1\n"
-                "<file_sep>src/sub/b.py\ndef b():\n    return 2\n"
                 "<file_sep>extra.py\nE = 3\n"
+                "<file_sep>src/sub/b.py\ndef b():\n    return 2\n"
+                "<file_sep>src/a.py\nA = 1\n"
                 "<file_sep><fim_prefix>src/main.py\nfrom a import A\n<fim_suffix>\nprint(A)\n<fim_middle>")
     assert run.stdout == expected  # FILE is not its own context; hidden and binary files are skipped
     run = sc2(args + ["--json"])
     tok = Tokenizer.from_dir(ckpt)
     sep = tok.token_id("<file_sep>")
     ids = [tok.token_id("<repo_name>")] + tok.encode_text("org/app")
-    for body in ("src/a.py\nA = 1\n", "src/sub/b.py\ndef b():\n    return 2\n", "extra.py\nE = 3\n"):
+    for body in ("extra.py\nE = 3\n", "src/sub/b.py\ndef b():\n    return 2\n", "src/a.py\nA = 1\n"):
         ids += [sep] + tok.encode_text(body)
     ids += [sep] + fim_ids(tok, "src/main.py\nfrom a import A\n", "\nprint(A)\n")
     assert json.loads(run.out)["ids"] == ids
@@ -849,14 +855,14 @@ def test_repo_context_prompt_in_starcoder2_format(tmp_path, home, ckpt, no_weigh
 
 
 def test_repo_name_alone_and_context_alone(tok):
-    prompt = fill.build_prompt(tok, "x = ", "\n", BIG, "m.py", (), "org/app")
+    prompt = prompting.build_prompt(tok, "x = ", "\n", BIG, "m.py", (), "org/app")
     assert prompt.text == "<repo_name>org/app<file_sep><fim_prefix>m.py\nx = <fim_suffix>\n<fim_middle>"
-    prompt = fill.build_prompt(tok, "x = ", "\n", BIG, "m.py", [ContextFile("c.py", "C = 1\n")])
+    prompt = prompting.build_prompt(tok, "x = ", "\n", BIG, "m.py", [ContextFile("c.py", "C = 1\n")])
     assert prompt.text == "<file_sep>c.py\nC = 1\n<file_sep><fim_prefix>m.py\nx = <fim_suffix>\n<fim_middle>"
     assert prompt.ids == ([tok.token_id("<file_sep>")] + tok.encode_text("c.py\nC = 1\n")
                           + [tok.token_id("<file_sep>")] + fim_ids(tok, "m.py\nx = ", "\n"))
     # No context and no repo name: the plain PSM prompt, without the path.
-    assert fill.build_prompt(tok, "x = ", "\n", BIG, "m.py").text == fim_text("x = ", "\n")
+    assert prompting.build_prompt(tok, "x = ", "\n", BIG, "m.py").text == fim_text("x = ", "\n")
 
 
 def test_missing_context_path_exits_2(tmp_path, home, ckpt, no_weights):

@@ -7,7 +7,8 @@ import torch
 from conftest import PARITY_REPORT
 from oracle import load_reference, reference_model, tiny_config
 
-from sc2cli import modeling
+from sc2cli import model as modeling
+from sc2cli.model.config import HIDDEN_ACTS
 
 FP32_TOL = 1e-5
 SEQ = 24
@@ -42,6 +43,9 @@ ROPE_CASES = {
     "rope-theta-3b": dict(rope_theta=999999.4420358813),
 }
 
+# Every hidden_act the config accepts (gelu_pytorch_tanh, the default, runs in all the other cases too).
+ACTIVATION_CASES = {f"act-{name}": dict(hidden_act=name) for name in HIDDEN_ACTS}
+
 CONFIGS = {
     "gqa": {},
     "mha": dict(num_key_value_heads=4),
@@ -52,6 +56,7 @@ CONFIGS = {
     "window-5-mqa-untied": dict(sliding_window=5, num_key_value_heads=1, tie_word_embeddings=False),
     "head-dim-16": dict(head_dim=16),
     "three-layers-gelu-tanh": dict(num_hidden_layers=3, hidden_act="gelu_pytorch_tanh"),
+    **ACTIVATION_CASES,
     **ROPE_CASES,
 }
 
@@ -104,6 +109,31 @@ def test_causal_lm_ours_to_reference(name, tmp_path):
     with torch.no_grad():
         diff = _record(f"causal-lm {name} (ours saved, transformers loads)", _max_diff(ref(ids).logits, ours(ids).logits))
     assert diff <= FP32_TOL
+
+
+@pytest.mark.parametrize("name", HIDDEN_ACTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_activations_compute_what_the_reference_computes(name, dtype):
+    """Bit for bit: the tanh forms agree mathematically but round differently, so each must be the reference's."""
+    from transformers.activations import ACT2FN
+
+    from sc2cli.model.transformer import ACTIVATIONS
+
+    x = torch.linspace(-8, 8, 4001).to(dtype)
+    assert torch.equal(ACTIVATIONS[name](x), ACT2FN[name](x))
+
+
+def test_exact_gelu_is_told_apart_from_the_tanh_approximation(tmp_path):
+    """The parity bound is sharp enough to see which GELU ran: the erf and tanh forms differ by ~1e-3."""
+    ref = reference_model("Starcoder2ForCausalLM", **tiny_config(hidden_act="gelu"))
+    ref.save_pretrained(tmp_path)
+    tanh = modeling.Starcoder2ForCausalLM.from_pretrained(tmp_path, hidden_act="gelu_pytorch_tanh")
+    exact = modeling.Starcoder2ForCausalLM.from_pretrained(tmp_path)
+    ids = _ids(2, SEQ)
+    with torch.no_grad():
+        expected = ref(ids, use_cache=False).logits
+        assert _max_diff(expected, exact(ids).logits) <= FP32_TOL
+        assert _max_diff(expected, tanh(ids).logits) > 100 * FP32_TOL
 
 
 def test_base_model_both_directions(tmp_path):

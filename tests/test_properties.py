@@ -4,7 +4,7 @@
     token-by-token decoding gives the logits of the full uncached forward (fp32, <= 1e-5);
 (b) with a sliding window smaller than the run, the ring buffer gives the same logits as the uncached forward (which
     applies the window as a mask) and holds exactly the last min(W, seen) positions;
-(c) random corruptions of config.json and model.safetensors end in `Sc2Error` from `sc2cli.load.load` (or load
+(c) random corruptions of config.json and model.safetensors end in `Sc2Error` from `sc2cli.checkpoint.load` (or load
     fine), never another exception; a handful also go through the CLI under a timeout (no hang, one line).
 """
 
@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 from oracle import sharpen_
 from sc2_zygote import Zygote
 
-from sc2cli.cache import KVCache
-from sc2cli.engine import prefill
+from sc2cli.model.cache import KVCache
+from sc2cli.generation.engine import prefill
 from sc2cli.errors import Sc2Error
-from sc2cli.load import load
-from sc2cli.modeling import Starcoder2Config, Starcoder2ForCausalLM
+from sc2cli.checkpoint import load
+from sc2cli.model.transformer import Starcoder2Config, Starcoder2ForCausalLM
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 VOCAB = 61

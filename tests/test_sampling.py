@@ -1,4 +1,4 @@
-"""sc2cli.sampling against transformers' logits processors (the test-only oracle)."""
+"""sc2cli.generation.sampling against transformers' logits processors (the test-only oracle)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,8 @@ import math
 import pytest
 import torch
 
-from sc2cli.sampling import (
-    SamplingParams,
-    apply_min_p,
-    apply_repetition_penalty,
-    apply_temperature,
-    apply_top_k,
-    apply_top_p,
-    make_generator,
-    process_logits,
-    sample,
-    token_logprobs,
+from sc2cli.generation.sampling import (
+    SamplingParams, apply_min_p, apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p, make_generator, process_logits, sample, token_logprobs,
 )
 
 tlp = pytest.importorskip("transformers.generation.logits_process")

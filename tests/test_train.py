@@ -9,10 +9,10 @@ import torch
 from oracle import load_reference
 from safetensors import safe_open
 
-from sc2cli import trainset
-from sc2cli.modeling import Starcoder2ForCausalLM
+from sc2cli.train.trainer import data as trainset
+from sc2cli.model.transformer import Starcoder2ForCausalLM
 from sc2cli.tokenizer import SPECIAL_TOKENS, Tokenizer
-from sc2cli.train import ModelShape, TrainSettings, build_model, learning_rate, next_token_loss, train
+from sc2cli.train.trainer import ModelShape, TrainSettings, build_model, learning_rate, next_token_loss, train
 
 CORPUS = {
     "pkg/__init__.py": "from .core import add\n",
@@ -100,7 +100,7 @@ def test_training_loss_is_the_reference_next_token_loss(tmp_path):
     """The objective is predicting token t+1 from tokens <= t, exactly as transformers' `labels=input_ids` loss
     (a shifted-twice objective would train a model that predicts two tokens ahead)."""
     settings = TrainSettings(data=".", out=str(tmp_path), shape=SHAPE)
-    from sc2cli.bpe import train_bpe
+    from sc2cli.train.bpe import train_bpe
 
     tokenizer = Tokenizer(train_bpe(CORPUS.values(), SHAPE.vocab_size))
     model = build_model(settings, tokenizer)

@@ -14,7 +14,7 @@ import torch
 from oracle import load_reference, reference_model, tiny_config
 from safetensors import safe_open
 
-from sc2cli import modeling
+from sc2cli import model as modeling
 from sc2cli.errors import CheckpointError
 
 FP32_TOL = 1e-5

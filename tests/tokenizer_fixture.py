@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from sc2cli.bpe import train_bpe
+from sc2cli.train.bpe import train_bpe
 
 TEST_VOCAB_SIZE = 1024  # specials + 256 byte symbols + merges; small enough for tiny test models
 

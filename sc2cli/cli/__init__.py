@@ -18,8 +18,8 @@ try:  # typer >= 0.20 vendors its own click
 except ImportError:  # pragma: no cover
     from click import exceptions as click
 
-from ..errors import Sc2Error
-from . import bench, config_cmd, models, output
+from ..errors import InputError, Sc2Error
+from . import bench, common, config_cmd, models, output
 from .classify import classify
 from .complete import complete
 from .download import download
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     except Sc2Error as err:
         if debug:
             raise
-        output.error(str(err))
+        output.error(common.flag_message(err) if isinstance(err, InputError) else str(err))
         code = err.exit_code
     except KeyboardInterrupt:
         code = 130

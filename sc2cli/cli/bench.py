@@ -43,9 +43,9 @@ def bench_infill(
     """Single-line infilling exact match: greedy, through the same prompt and line filter as `sc2 infill`."""
     if limit < 1 or per_file < 1 or max_new_tokens < 1 or batch_size < 1:
         raise UsageError("--limit, --per-file, --max-new-tokens and --batch-size must be at least 1")
-    from .. import bench_infill as bench
-    from .. import trainset
-    from ..train import resolve_data_dir
+    from ..bench import infill as bench
+    from ..train import data as trainset
+    from ..train.trainer import resolve_data_dir
 
     if data is None:
         files = trainset.split_files(trainset.collect_files(resolve_data_dir("stdlib")))[1]
@@ -116,7 +116,7 @@ def bench_speed(
 ) -> None:
     """Speed side by side: load time, peak RSS, time to first token, prefill and decode tokens/s (batch 1 and 4),
     as a fraction of the memory-bandwidth roofline, for sc2 and its peers on the same weights."""
-    from .. import bench_speed as bench
+    from ..bench import speed as bench
 
     if model is not None and shape is not None:
         raise UsageError("give --model or --shape, not both")
@@ -150,7 +150,7 @@ def bench_speed(
     from .. import hub
     from ..devices import resolve_device
 
-    from ..load import load_config
+    from ..checkpoint import load_config
 
     torch_device = resolve_device(device)
     written = None
@@ -194,8 +194,8 @@ def bench_speed(
 
 def _held_out_or(data: Optional[str]):
     """(files, description): the held-out split of this Python's stdlib, or every Python file under DATA."""
-    from .. import trainset
-    from ..train import resolve_data_dir
+    from ..train import data as trainset
+    from ..train.trainer import resolve_data_dir
 
     if data is None:
         return (trainset.split_files(trainset.collect_files(resolve_data_dir("stdlib")))[1],
@@ -218,7 +218,7 @@ def bench_lookup(
 ) -> None:
     """Prompt lookup on infills whose middle repeats code from the context: decode time with and without it
     (alternating, same process) and whether the tokens are identical."""
-    from .. import bench_decode
+    from ..bench import decode as bench_decode
 
     if limit < 1 or max_new_tokens < 2:
         raise UsageError("--limit must be at least 1 and --max-new-tokens at least 2")
@@ -256,8 +256,8 @@ def bench_int8(
     json_out: JsonOpt = False,
 ) -> None:
     """Greedy-token agreement of --quantize int8 with bfloat16 on single-line infill tasks (teacher-forced)."""
-    from .. import bench_decode
-    from .. import bench_infill
+    from ..bench import decode as bench_decode
+    from ..bench import infill as bench_infill
 
     if limit < 1 or max_new_tokens < 1:
         raise UsageError("--limit and --max-new-tokens must be at least 1")

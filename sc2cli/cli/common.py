@@ -1,11 +1,11 @@
-"""Pieces several commands share: picking and loading the model, reading input, validating sampling options."""
+"""Pieces several commands share: the model reference, loading a backend, reading input, options into a job."""
 
 from __future__ import annotations
 
 import sys
 
 from .. import settings
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from . import output
 
 
@@ -13,41 +13,59 @@ def model_ref(model: str | None) -> str:
     return model or settings.get("model")[0]
 
 
-def load_model(model: str | None, revision: str | None, device: str | None, dtype: str | None, offline: bool,
-               model_class=None, quantize: str = "none"):
-    from ..linear import QUANTIZE_CHOICES
-    from ..load import load
+def open_checkpoint(model: str | None, revision: str | None, offline: bool):
+    from ..checkpoint import open_checkpoint
 
-    ref = model_ref(model)
-    device = device or settings.get("device")[0]
-    dtype = dtype or settings.get("dtype")[0]
-    if quantize not in QUANTIZE_CHOICES:
-        raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)} (got {quantize!r})")
-    loaded = load(ref, device=device, dtype=dtype, revision=revision, offline=offline, model_class=model_class,
-                  quantize=quantize)
+    return open_checkpoint(model_ref(model), revision, offline)
+
+
+def load_model(model: str | None, revision: str | None, device: str | None, dtype: str | None, offline: bool,
+               model_class=None, quantize: str = "none", checkpoint=None):
+    """The model on its device (config defaults for device and dtype), with a status line at a terminal."""
+    from ..checkpoint import load_model as load
+
+    checkpoint = checkpoint or open_checkpoint(model, revision, offline)
+    loaded = load(checkpoint, device=device or settings.get("device")[0], dtype=dtype or settings.get("dtype")[0],
+                  quantize=quantize, model_class=model_class)
     if sys.stderr.isatty():
         m = loaded.model
-        weights = str(m.dtype).removeprefix('torch.') + (", int8 weights" if quantize == "int8" else "")
-        output.status(f"loaded {ref} on {m.device} ({weights}) "
-                      f"in {loaded.load_seconds:.2f}s")
+        weights = str(m.dtype).removeprefix("torch.") + (", int8 weights" if quantize == "int8" else "")
+        output.status(f"loaded {checkpoint.ref} on {m.device} ({weights}) in {loaded.load_seconds:.2f}s")
     return loaded
 
 
-def decode_mode(decode: str, loaded) -> str:
-    """The decode mode the engine will use, checked against the loaded model (a usage error if it cannot run)."""
-    from ..decode import resolve_mode
+def local_backend(checkpoint, device: str | None, dtype: str | None, quantize: str):
+    from ..backends.local import LocalBackend
 
-    try:
-        return resolve_mode(decode.strip().lower(), loaded.model)
-    except ValueError as err:
-        raise UsageError(f"--decode: {err}") from None
+    return LocalBackend(load_model(None, None, device, dtype, False, quantize=quantize, checkpoint=checkpoint))
 
 
-def check_prompt_lookup(prompt_lookup: bool | None, sampling, num_samples: int) -> None:
-    from ..engine import LOOKUP_NEEDS, lookup_applies
+def generation_job(max_new_tokens: int, num_samples: int, temperature: float, top_k: int, top_p: float,
+                   min_p: float, repetition_penalty: float, seed: int | None, stop: list[str] | None,
+                   ignore_eos: bool, prompt_lookup: bool | None, decode: str):
+    """The options of `complete` and `infill` as a generation job, checked before any model is loaded."""
+    from ..backends.base import GenerationJob
+    from ..generation.engine import LOOKUP_NEEDS, lookup_applies
 
+    if max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
+    if num_samples < 1:
+        raise UsageError(f"--num-samples must be at least 1 (got {num_samples})")
+    sampling = sampling_params(temperature, top_k, top_p, min_p, repetition_penalty, seed)
     if prompt_lookup and not lookup_applies(sampling, num_samples):  # (one prompt: its samples are the rows)
         raise UsageError(f"--prompt-lookup: {LOOKUP_NEEDS}")
+    return GenerationJob(sampling=sampling, max_new_tokens=max_new_tokens, num_samples=num_samples,
+                         stop=tuple(stop or ()), ignore_eos=ignore_eos, prompt_lookup=prompt_lookup, decode=decode)
+
+
+def sampling_params(temperature, top_k, top_p, min_p, repetition_penalty, seed):
+    from ..generation.sampling import SamplingParams
+
+    try:
+        return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                              repetition_penalty=repetition_penalty, seed=seed)
+    except ValueError as err:
+        raise UsageError(f"--{str(err).replace('_', '-')}") from None
 
 
 def read_text_input(text: str | None, what: str = "prompt") -> str:
@@ -65,30 +83,13 @@ def read_text_input(text: str | None, what: str = "prompt") -> str:
     return text
 
 
-def sampling_params(temperature, top_k, top_p, min_p, repetition_penalty, seed):
-    from ..sampling import SamplingParams
-
-    try:
-        return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                              repetition_penalty=repetition_penalty, seed=seed)
-    except ValueError as err:
-        raise UsageError(f"--{str(err).replace('_', '-')}") from None
+# Flags of request fields whose name is not simply --field-name.
+FLAGS = {"truncate": "--no-truncate", "prompt": "PROMPT", "text": "TEXT", "file": "FILE"}
 
 
-def check_counts(max_new_tokens: int, num_samples: int) -> None:
-    if max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
-    if num_samples < 1:
-        raise UsageError(f"--num-samples must be at least 1 (got {num_samples})")
-
-
-def fit_prompt(ids: list[int], context: int, max_new_tokens: int, truncate: bool) -> list[int]:
-    """Keep the prompt and its completion inside the context: cut the prompt from the left (warning) or fail."""
-    room = context - min(max_new_tokens, context // 2)
-    if len(ids) <= room:
-        return ids
-    if not truncate:
-        raise UsageError(f"the prompt has {len(ids)} tokens; with --max-new-tokens {max_new_tokens} only {room} fit "
-                         f"the context of {context} (drop --no-truncate to cut it from the left)")
-    output.warning(f"prompt cut from the left: {len(ids)} tokens, kept the last {room} of a {context}-token context")
-    return ids[-room:]
+def flag_message(err: InputError) -> str:
+    """A core input error worded for the command line: the flag of the field at fault, then the problem."""
+    if isinstance(err, UsageError) or not err.field:
+        return str(err)
+    flag = FLAGS.get(err.field, "--" + err.field.replace("_", "-"))
+    return f"{flag}: {err}"

@@ -9,24 +9,21 @@ Examples:
 from __future__ import annotations
 
 import sys
-import time
 from typing import Annotated, Optional
 
 import typer
 
-from ..errors import UsageError
 from . import common, output
 from .options import (
-    DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, MaxNewTokensOpt, MinPOpt, ModelOpt, NoStreamOpt, NoTruncateOpt,
-    DecodeOpt, NumSamplesOpt, OfflineOpt, PromptLookupOpt, QuantizeOpt, RepetitionPenaltyOpt, RevisionOpt, SeedOpt,
-    StopOpt, TemperatureOpt, TopKOpt,
-    TopPOpt,
+    SAMPLING_PANEL, DecodeOpt, DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, MaxNewTokensOpt, MinPOpt, ModelOpt,
+    NoStreamOpt, NoTruncateOpt, NumSamplesOpt, OfflineOpt, PromptLookupOpt, QuantizeOpt, RepetitionPenaltyOpt,
+    RevisionOpt, SeedOpt, StopOpt, TemperatureOpt, TopKOpt, TopPOpt,
 )
 
 
 def complete(
     prompt: Annotated[Optional[str], typer.Argument(
-        help="Text to continue; '-' or nothing reads stdin.", show_default=False)] = None,
+        help="Text to continue; '-' or nothing reads stdin.", show_default=False, metavar="PROMPT")] = None,
     model: ModelOpt = None,
     revision: RevisionOpt = None,
     device: DeviceOpt = None,
@@ -49,32 +46,29 @@ def complete(
     json_out: JsonOpt = False,
     no_truncate: NoTruncateOpt = False,
     mode: Annotated[str, typer.Option(
-        help="auto | free | block | line: where the completion ends. block: when the code leaves the block the "
-        "prompt's last line opens or sits in; line: at the end of the line; free: only at end-of-text, a stop "
-        "or the token limit. auto: block after a line that opens one (def f():), else free.")] = "auto",
+        help="auto | free | block | line: where it ends (auto: block after `def f():`, else free).",
+        rich_help_panel=SAMPLING_PANEL)] = "auto",
 ) -> None:
     """Continue PROMPT with the model and stream the completion to stdout."""
-    common.check_counts(max_new_tokens, num_samples)
-    if mode not in ("auto", "free", "block", "line"):
-        raise UsageError(f"--mode must be auto, free, block or line (got {mode!r})")
-    sampling = common.sampling_params(temperature, top_k, top_p, min_p, repetition_penalty, seed)
-    common.check_prompt_lookup(prompt_lookup, sampling, num_samples)
-    text = common.read_text_input(prompt)
-    loaded = common.load_model(model, revision, device, dtype, offline, quantize=quantize)
-    from ..healing import split_trailing_whitespace
+    from ..completion import CompletionRequest, complete as run_completion, plan
 
-    body, owed = split_trailing_whitespace(text)  # healed: generated again, not printed (see healing.py)
-    ids = loaded.tokenizer.encode(body)
-    config = loaded.model.config
-    ids = common.fit_prompt(ids, config.max_position_embeddings, max_new_tokens, truncate=not no_truncate)
-    run = run_generation(loaded, [ids], sampling, max_new_tokens, stop or [], num_samples, ignore_eos,
-                         stream_text=not (no_stream or json_out or num_samples > 1),
-                         decode=common.decode_mode(decode, loaded), prompt_lookup=prompt_lookup,
-                         text_filter=scope_filter(mode, text), heal=owed)
+    job = common.generation_job(max_new_tokens, num_samples, temperature, top_k, top_p, min_p, repetition_penalty,
+                                seed, stop, ignore_eos, prompt_lookup, decode)
+    if num_samples > 1 and job.sampling.greedy:
+        output.warning("-n > 1 with greedy decoding gives identical samples; add --temperature to vary them")
+    request = CompletionRequest(common.read_text_input(prompt), mode=mode, truncate=not no_truncate, job=job)
+    checkpoint = common.open_checkpoint(model, revision, offline)
+    planned = plan(request, checkpoint.tokenizer, checkpoint.config)
+    if planned.tokens_cut:
+        output.warning(f"prompt cut from the left: {len(planned.ids) + planned.tokens_cut} tokens, kept the last "
+                       f"{len(planned.ids)} of a {checkpoint.config.max_position_embeddings}-token context")
+    backend = common.local_backend(checkpoint, device, dtype, quantize)
+    streaming = not (no_stream or json_out or num_samples > 1)
+    result = run_completion(request, backend, on_text=output.write if streaming else None, planned=planned)
     if json_out:
-        output.write_json(completion_json(loaded, run, [len(ids)]))
+        output.write_json(completion_json(backend, result))
     elif num_samples > 1 or no_stream:
-        for i, c in enumerate(run.completions):
+        for i, c in enumerate(result.completions):
             if num_samples > 1:
                 output.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1} ---\n")
             output.write(c.text)
@@ -83,76 +77,20 @@ def complete(
         output.write("\n")  # end the line for a person at a terminal; pipes get the exact text
 
 
-class GenerationRun:
-    def __init__(self, completions, seed: int, first_token_s: float, decode_s: float) -> None:
-        self.completions = completions
-        self.seed = seed
-        self.first_token_s = first_token_s
-        self.decode_s = decode_s
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(len(c.tokens) for c in self.completions)
-
-
-def run_generation(loaded, prompts, sampling, max_new_tokens, stop_strings, num_samples, ignore_eos,
-                   stream_text: bool, extra_stop_ids=frozenset(), decode: str = "auto",
-                   prompt_lookup: bool | None = None, text_filter=None, heal: str = "") -> GenerationRun:
-    """Generate for `prompts`, optionally streaming row 0's text to stdout, with timings."""
-    from ..engine import StopConditions, generate
-    from ..sampling import make_generator
-    from ..tokenizer import boundary_token_ids
-
-    model, tokenizer = loaded.model, loaded.tokenizer
-    stop_ids = frozenset() if ignore_eos else boundary_token_ids(tokenizer) | extra_stop_ids
-    conditions = StopConditions(token_ids=stop_ids, strings=tuple(stop_strings), max_new_tokens=max_new_tokens,
-                                context_limit=model.config.max_position_embeddings, text_filter=text_filter)
-    generator = make_generator(sampling.seed, model.device)
-    first = None
-
-    def on_step(step) -> None:
-        nonlocal first
-        if first is None:
-            first = time.perf_counter()
-        if stream_text and step.row == 0:
-            output.write(step.text)
-
-    started = time.perf_counter()
-    completions = generate(model, tokenizer, prompts, sampling, conditions, num_samples, generator=generator,
-                           on_step=on_step, prompt_lookup=prompt_lookup, decode=decode, heal=heal)
-    end = time.perf_counter()
-    first = first or end
-    return GenerationRun(completions, generator.initial_seed(), first - started, end - first)
-
-
-def scope_filter(mode: str, prompt_text: str):
-    """The per-row text filter that ends a completion at its scope (None for free text): the same line/block
-    rules as `sc2 infill`, with the prompt as the code before the cursor and nothing after it."""
-    from .. import infill as fill
-
-    if mode == "auto":
-        last = prompt_text.rstrip().rsplit("\n", 1)[-1]
-        mode = "block" if last.endswith((":", "{")) else "free"
-    if mode == "free":
-        return None
-    style = fill.IndentStyle.detect(prompt_text[-4000:])
-    return lambda row: fill.MiddleFilter(mode, prompt_text, "", style)
-
-
-def completion_json(loaded, run: GenerationRun, prompt_tokens: list[int]) -> dict:
-    decoded_after_first = max(0, run.completion_tokens - len(run.completions))
+def completion_json(backend, result) -> dict:
+    run = result.run
     return {
-        "model": loaded.name,
+        "model": backend.name,
         "choices": [
             {"index": c.row, "text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason,
              "logprob": c.logprob}
             for c in run.completions
         ],
-        "usage": {"prompt_tokens": sum(prompt_tokens), "completion_tokens": run.completion_tokens},
+        "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": run.completion_tokens},
         "timings": {
-            "load_s": round(loaded.load_seconds, 4),
+            "load_s": round(backend.loaded.load_seconds, 4),
             "time_to_first_token_s": round(run.first_token_s, 4),
-            "tokens_per_s": round(decoded_after_first / run.decode_s, 2) if run.decode_s > 0 else None,
+            "tokens_per_s": round(run.tokens_per_s, 2) if run.tokens_per_s is not None else None,
         },
         "seed": run.seed,
     }

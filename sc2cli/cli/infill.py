@@ -20,34 +20,40 @@ import typer
 from ..errors import Sc2Error, UsageError
 from . import common, output
 from .options import (
-    DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, MaxNewTokensOpt, MinPOpt, ModelOpt, NoStreamOpt, NumSamplesOpt,
-    OfflineOpt, QuantizeOpt, DecodeOpt, PromptLookupOpt, RepetitionPenaltyOpt, RevisionOpt, SeedOpt, StopOpt, TemperatureOpt, TopKOpt, TopPOpt,
+    OUTPUT_PANEL, DecodeOpt, DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, MaxNewTokensOpt, MinPOpt, ModelOpt,
+    NoStreamOpt, NumSamplesOpt, OfflineOpt, PromptLookupOpt, QuantizeOpt, RepetitionPenaltyOpt, RevisionOpt,
+    SeedOpt, StopOpt, TemperatureOpt, TopKOpt, TopPOpt,
 )
 
-PYTHON_SUFFIXES = (".py", ".pyi")
+CURSOR_PANEL = "Cursor and context"
 
 
 def infill(
-    file: Annotated[str, typer.Argument(help="File to fill in; '-' reads stdin.")],
-    line: Annotated[Optional[int], typer.Option("--line", "-l", help="1-based line of the cursor (end of line).",
-                                                show_default=False)] = None,
+    file: Annotated[str, typer.Argument(help="File to fill in; '-' reads stdin.", metavar="FILE")],
+    line: Annotated[Optional[int], typer.Option("--line", "-l", help="1-based line of the cursor (at its end).",
+                                                show_default=False, rich_help_panel=CURSOR_PANEL)] = None,
     column: Annotated[Optional[int], typer.Option("--column", "-c", help="1-based column of the cursor on --line.",
-                                                  show_default=False)] = None,
-    marker: Annotated[Optional[str], typer.Option(help="Put the cursor at the first occurrence of this text "
-                                                  "(which is removed).", show_default=False)] = None,
-    mode: Annotated[str, typer.Option(help="line | block | auto (line when code is right of the cursor).")] = "auto",
+                                                  show_default=False, rich_help_panel=CURSOR_PANEL)] = None,
+    marker: Annotated[Optional[str], typer.Option(help="The cursor is where this text is (it is removed).",
+                                                  show_default=False, rich_help_panel=CURSOR_PANEL)] = None,
+    mode: Annotated[str, typer.Option(help="line | block | auto (line when code is right of the cursor).",
+                                      rich_help_panel=CURSOR_PANEL)] = "auto",
     context: Annotated[Optional[list[str]], typer.Option(
-        "--context", help="Files or folders given to the model as repository context (repeatable).",
-        show_default=False)] = None,
+        "--context", help="Files or folders given as repository context (repeatable).", show_default=False,
+        rich_help_panel=CURSOR_PANEL)] = None,
     repo_name: Annotated[Optional[str], typer.Option("--repo-name", help="Repository name for the prompt.",
-                                                     show_default=False)] = None,
-    check: Annotated[Optional[bool], typer.Option("--check/--no-check", help="Python: rank candidates whose "
-                                                  "filled file parses first (default on for .py).",
-                                                  show_default=False)] = None,
-    write: Annotated[bool, typer.Option("--write", "-w", help="Write the result into FILE (atomically).")] = False,
-    diff: Annotated[bool, typer.Option("--diff", help="Print a unified diff that `patch -p1` applies.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the exact prompt and its token count; "
-                                          "do not run the model.")] = False,
+                                                     show_default=False, rich_help_panel=CURSOR_PANEL)] = None,
+    check: Annotated[Optional[bool], typer.Option(
+        "--check/--no-check", help="Rank candidates whose file parses first (default: on for Python).",
+        show_default=False, rich_help_panel=OUTPUT_PANEL)] = None,
+    write: Annotated[bool, typer.Option("--write", "-w", help="Write the result into FILE (atomically).",
+                                        rich_help_panel=OUTPUT_PANEL)] = False,
+    force: Annotated[bool, typer.Option("--force", help="--write even when the filled file no longer parses.",
+                                        rich_help_panel=OUTPUT_PANEL)] = False,
+    diff: Annotated[bool, typer.Option("--diff", help="Print a unified diff for `patch -p1`.",
+                                       rich_help_panel=OUTPUT_PANEL)] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the exact prompt; do not run the model.",
+                                          rich_help_panel=OUTPUT_PANEL)] = False,
     model: ModelOpt = None,
     revision: RevisionOpt = None,
     device: DeviceOpt = None,
@@ -70,11 +76,9 @@ def infill(
     json_out: JsonOpt = False,
 ) -> None:
     """Fill in code at a cursor in FILE with fill-in-the-middle, using the code before and after it."""
-    from .. import infill as fill
+    from ..fim.context import load_context
+    from ..fim.pipeline import InfillRequest, fill, plan
 
-    common.check_counts(max_new_tokens, num_samples)
-    if mode not in ("line", "block", "auto"):
-        raise UsageError(f"--mode must be line, block or auto (got {mode!r})")
     if (line is None) == (marker is None):
         raise UsageError("give the cursor with --line N [--column C] or with --marker TEXT (one of them)")
     if column is not None and line is None:
@@ -86,121 +90,65 @@ def infill(
     if num_samples > 1 and temperature == 0.0:
         output.warning("-n > 1 with greedy decoding gives identical candidates; sampling at --temperature 0.6")
         temperature = 0.6
-    sampling = common.sampling_params(temperature, top_k, top_p, min_p, repetition_penalty, seed)
-    common.check_prompt_lookup(prompt_lookup, sampling, num_samples)
-
-    source = fill.SourceText.from_bytes(read_file_bytes(file), name=file)
-    original = source.data  # what is on disk (with the marker, if any): what --diff patches
-    if marker is not None:
-        source, cursor = fill.cursor_at_marker(source, marker)
-    else:
-        cursor = fill.cursor_at(source, line, column)
+    job = common.generation_job(max_new_tokens, num_samples, temperature, top_k, top_p, min_p, repetition_penalty,
+                                seed, stop, ignore_eos, prompt_lookup, decode)
+    data = read_file_bytes(file)
+    request = InfillRequest.from_file(
+        data, line, column, marker, name="stdin" if file == "-" else file, path=file if file != "-" else "stdin",
+        mode=mode, context=tuple(load_context(context or [], edited=None if file == "-" else file)),
+        repo_name=repo_name, check_syntax=check, job=job)
     if write:
         check_writable(file)
-    prefix, suffix = fill.split_at(source, cursor)
-    context_files = load_context(context or [], exclude=file)
-    display_path = file if file != "-" else "stdin"
-    python = check if check is not None else Path(file).suffix in PYTHON_SUFFIXES
 
-    from ..load import load_config_and_tokenizer
-
-    config, tokenizer, _ = load_config_and_tokenizer(common.model_ref(model), revision, offline)
-    budget = fill.token_budget(config) - max_new_tokens
-    if budget < 8:
-        raise UsageError(f"--max-new-tokens {max_new_tokens} leaves no room for the prompt in a "
-                         f"{fill.token_budget(config)}-token context")
-    prompt = fill.build_prompt(tokenizer, prefix, suffix, budget, display_path, context_files, repo_name)
+    checkpoint = common.open_checkpoint(model, revision, offline)
+    planned = plan(request, checkpoint.tokenizer, checkpoint.config)
+    prompt = planned.prompt
     if prompt.truncation.any:
-        output.warning(f"the prompt did not fit {budget} tokens: {prompt.truncation.describe()}")
+        output.warning(f"the prompt did not fit {planned.budget.total} tokens: {prompt.truncation.describe()}")
     if dry_run:
         if json_out:
             output.write_json({"prompt": prompt.text, "prompt_tokens": len(prompt.ids), "ids": prompt.ids,
-                               "cursor": _cursor_json(cursor), "truncation": prompt.truncation.to_json()})
+                               "cursor": cursor_json(request.cursor), "truncation": prompt.truncation.to_json()})
         else:
             output.write(prompt.text)
             output.status(f"{len(prompt.ids)} prompt tokens")
         return
 
-    loaded = common.load_model(model, revision, device, dtype, offline, quantize=quantize)
-    chosen_mode = fill.choose_mode(mode, suffix)
-    style = fill.IndentStyle.detect(prefix + suffix)
-    from ..engine import StopConditions, generate
-    from ..sampling import make_generator
-    from ..tokenizer import boundary_token_ids
-
-    stop_ids = frozenset() if ignore_eos else boundary_token_ids(loaded.tokenizer)
-    conditions = StopConditions(
-        token_ids=stop_ids, strings=tuple(stop or ()), max_new_tokens=max_new_tokens,
-        context_limit=config.max_position_embeddings,
-        text_filter=lambda row: fill.MiddleFilter(chosen_mode, prompt.prefix, prompt.suffix, style),
-    )
+    backend = common.local_backend(checkpoint, device, dtype, quantize)
     streaming = not (write or diff or json_out or no_stream or num_samples > 1)
-    completions = generate(loaded.model, loaded.tokenizer, [prompt.ids], sampling, conditions, num_samples,
-                           generator=make_generator(sampling.seed, loaded.model.device),
-                           on_step=(lambda step: output.write(step.text)) if streaming else None,
-                           prompt_lookup=prompt_lookup, decode=common.decode_mode(decode, loaded))
-    candidates = rank_candidates(source, cursor, completions, suffix, python)
-    best = candidates[0]
-    if streaming:
-        # The streamed text is the raw middle; only a trailing newline may differ from `best.middle`.
-        if sys.stdout.isatty() and not best.middle.endswith("\n"):
-            output.write("\n")
-        return
+    result = fill(request, backend, on_text=output.write if streaming else None, planned=planned)
+    best = result.best
+    if result.breaks_the_file:
+        if write and not force:
+            raise Sc2Error(f"no candidate keeps {file} parsing, so it is unchanged (--force writes anyway); the best "
+                           f"middle was {best.middle!r}")
+        output.warning("no candidate keeps the file parsing; showing the best one")
     if write:
-        from ..files import atomic_write_bytes
-
-        try:
-            atomic_write_bytes(file, best.filled)
-        except OSError as err:
-            raise Sc2Error(f"cannot write {file}: {err.strerror or err}; the file is unchanged") from None
-        output.status(f"wrote {len(best.middle)} characters into {file} at line {cursor.line}")
+        write_result(file, best.filled)
+        output.status(f"wrote {len(best.middle)} characters into {file} at line {request.cursor.line}")
     elif diff:
-        sys.stdout.flush()
-        output.write(fill.unified_diff(original, best.filled, display_path).decode("utf-8", "surrogateescape"))
+        from ..fim.source import unified_diff
+
+        output.write(unified_diff(data, best.filled, diff_path(file)).decode("utf-8", "surrogateescape"))
     elif json_out:
         output.write_json({
-            "model": loaded.name,
-            "middle": best.middle,
-            "finish_reason": best.finish_reason,
-            "mode": chosen_mode,
-            "cursor": _cursor_json(cursor),
-            "prompt_tokens": len(prompt.ids),
-            "truncation": prompt.truncation.to_json(),
-            "candidates": [c.to_json() for c in candidates],
+            "model": backend.name, "middle": best.middle, "finish_reason": best.finish_reason,
+            "mode": planned.mode, "cursor": cursor_json(request.cursor), "prompt_tokens": len(prompt.ids),
+            "truncation": prompt.truncation.to_json(), "seed": result.run.seed,
+            "candidates": [c.to_json() for c in result.candidates],
         })
-    else:
+    elif not streaming:
         output.write(best.middle)
-        if sys.stdout.isatty() and not best.middle.endswith("\n"):
-            output.write("\n")
-
-
-class Candidate:
-    def __init__(self, index: int, middle: str, filled: bytes, mean_logprob: float, finish_reason: str,
-                 parses: bool | None) -> None:
-        self.index, self.middle, self.filled = index, middle, filled
-        self.mean_logprob, self.finish_reason, self.parses = mean_logprob, finish_reason, parses
-
-    def to_json(self) -> dict:
-        return {"index": self.index, "text": self.middle, "mean_logprob": round(self.mean_logprob, 6),
-                "finish_reason": self.finish_reason, "parses": self.parses}
-
-
-def rank_candidates(source, cursor, completions, suffix: str, python: bool) -> list[Candidate]:
-    """Best first: (for Python) candidates whose filled file parses, then by mean log-probability."""
-    from .. import infill as fill
-
-    candidates = []
-    for c in completions:
-        middle = c.text
-        filled = fill.filled_bytes(source, cursor, middle)
-        candidates.append(Candidate(c.row, middle, filled, c.mean_logprob, c.finish_reason,
-                                    fill.parses(filled) if python else None))
-    return sorted(candidates, key=lambda c: (not c.parses if python else False, -c.mean_logprob))
+    if not (write or diff or json_out) and sys.stdout.isatty() and not best.middle.endswith("\n"):
+        output.write("\n")  # end the line for a person at a terminal; pipes get the exact middle
 
 
 def read_file_bytes(file: str) -> bytes:
     if file == "-":
-        return sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        if not data.strip():
+            raise UsageError("stdin is empty; pipe the file to fill in, or give its path")
+        return data
     path = Path(file)
     if path.is_dir():
         raise UsageError(f"{file} is a directory; give a file")
@@ -220,34 +168,31 @@ def check_writable(file: str) -> None:
     if not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222:
         raise Sc2Error(f"cannot write {file}: it is read-only (the file is unchanged); make it writable "
                        f"(chmod u+w) or drop --write to print the result")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
+    if not os.access(path.resolve().parent, os.W_OK | os.X_OK):
         raise Sc2Error(f"cannot write {file}: its folder is read-only, so no safe temporary file can be made")
 
 
-def load_context(paths: list[str], exclude: str) -> list:
-    """Context files in a stable order: each path given, folders walked for text files (hidden ones skipped)."""
-    from ..fim import ContextFile
+def write_result(file: str, data: bytes) -> None:
+    from ..files import atomic_write_bytes
 
-    excluded = Path(exclude).resolve() if exclude != "-" else None
-    files = []
-    for given in paths:
-        root = Path(given)
-        if not root.exists():
-            raise UsageError(f"--context {given} does not exist")
-        found = [root] if root.is_file() else sorted(
-            p for p in root.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        )
-        for path in found:
-            if excluded is not None and path.resolve() == excluded:
-                continue
-            data = path.read_bytes()
-            if b"\x00" in data[:8192]:
-                continue  # binary files are no context
-            text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
-            files.append(ContextFile(path.as_posix(), text))
-    return files
+    try:
+        atomic_write_bytes(file, data)
+    except OSError as err:
+        raise Sc2Error(f"cannot write {file}: {err.strerror or err}; the file is unchanged") from None
 
 
-def _cursor_json(cursor) -> dict:
+def diff_path(file: str) -> str:
+    """The diff's path: relative to the current folder, so `patch -p1` run here finds the file."""
+    if file == "-":
+        return "stdin"
+    relative = os.path.relpath(os.path.abspath(file))
+    if relative.startswith(".." + os.sep) or relative == "..":
+        absolute = os.path.abspath(file)
+        output.warning(f"{file} lies outside the current folder: the diff's paths start at / (apply it with "
+                       f"`patch -p1 -d /`)")
+        return absolute.lstrip("/")
+    return relative
+
+
+def cursor_json(cursor) -> dict:
     return {"line": cursor.line, "column": cursor.column, "append": cursor.append}

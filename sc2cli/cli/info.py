@@ -50,7 +50,7 @@ def info(
 # ---- finding the config -----------------------------------------------------------------------------------------
 def find_config(ref: str, revision: str | None):
     """(config, {"source", "path", "revision", "note"}) without downloading anything."""
-    from ..presets import preset_config
+    from ..model.presets import preset_config
 
     source = {"source": "local", "path": None, "revision": None, "note": None}
     if ref == SHIPPED_MODEL:
@@ -68,7 +68,7 @@ def find_config(ref: str, revision: str | None):
     if path.parent.name == "snapshots":
         source["revision"] = path.name
     source["path"] = str(path)
-    from ..load import load_config
+    from ..checkpoint import load_config
 
     return load_config(path), source
 
@@ -98,7 +98,7 @@ def build_on_meta(config):
     """The model the checkpoint describes, built on the meta device: shapes only, no memory, no weights."""
     import torch
 
-    from .. import modeling
+    from .. import model as modeling
 
     names = getattr(config, "architectures", None) or []
     name = next((CLASSES[n] for n in names if n in CLASSES), "Starcoder2ForCausalLM")

@@ -55,8 +55,8 @@ def train(
         raise UsageError(f"--lr must be positive (got {lr})")
     import torch
 
-    from ..train import ModelShape, TrainSettings
-    from ..train import train as run_training
+    from ..train.trainer import ModelShape, TrainSettings
+    from ..train.trainer import train as run_training
 
     if threads:
         torch.set_num_threads(threads)

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import Starcoder2Config
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -159,19 +159,30 @@ def _tolerated_extras(model: nn.Module, keys: set[str]) -> set[str]:
     return extras
 
 
-def load_pretrained(cls, path, dtype: torch.dtype | None = None, device=None, **overrides):
+NOT_A_CHECKPOINT = "is it a StarCoder2 checkpoint? (a folder with config.json, model.safetensors and tokenizer.json)"
+
+
+def read_config(directory: Path) -> Starcoder2Config:
+    """config.json of a checkpoint folder, every problem as one CheckpointError naming the file."""
+    try:
+        return Starcoder2Config.from_pretrained(directory)
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory} has no config.json; {NOT_A_CHECKPOINT}") from None
+    except ValueError as err:  # unreadable or invalid config.json, or another model type
+        message, config_path = str(err), str(directory / "config.json")
+        raise CheckpointError(message if config_path in message else f"{config_path}: {message}") from None
+
+
+def load_pretrained(cls, path, dtype: torch.dtype | None = None, device=None, config: Starcoder2Config | None = None,
+                    **overrides):
+    """A model of class `cls` from a checkpoint folder; `config` skips reading config.json again when the caller
+    has it already."""
     directory = Path(path)
     if not directory.is_dir():
         problem = "is not a directory" if directory.exists() else "does not exist"
         raise CheckpointError(f"checkpoint directory {path} {problem}")
-    try:
-        config = Starcoder2Config.from_pretrained(directory)
-    except FileNotFoundError:
-        raise CheckpointError(f"{directory} has no config.json; is this a StarCoder2 checkpoint? (a folder with "
-                              "config.json, model.safetensors and tokenizer.json)") from None
-    except ValueError as err:  # unreadable or invalid config.json, or another model type
-        message, config_path = str(err), str(directory / "config.json")
-        raise CheckpointError(message if config_path in message else f"{config_path}: {message}") from None
+    if config is None:
+        config = read_config(directory)
     if overrides:
         config = config.copy(**overrides)
     dtype = dtype or torch.float32

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .tokenizer import Tokenizer
+from ..tokenizer import Tokenizer
 
 WHITESPACE = " \t\r\n"
 

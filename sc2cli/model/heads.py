@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .model import ModelOutput, Starcoder2Model, Starcoder2PreTrainedModel
+from .transformer import ModelOutput, Starcoder2Model, Starcoder2PreTrainedModel
 
 
 class Starcoder2ForSequenceClassification(Starcoder2PreTrainedModel):

@@ -1,22 +1,24 @@
 """StarCoder2 in plain PyTorch: `Starcoder2Model` and `Starcoder2ForCausalLM`.
 
 Architecture (spec §2-3): token embeddings; pre-LayerNorm decoder layers with biased q/k/v/o projections,
-grouped-query attention, half-split rotary embeddings and an optional sliding window; a GELU(tanh) MLP with
-c_fc/c_proj; a final LayerNorm; an lm_head tied to the embeddings unless `tie_word_embeddings` is false.
+grouped-query attention, half-split rotary embeddings and an optional sliding window; a GELU MLP with
+c_fc/c_proj (the GELU variant `hidden_act` names, see `ACTIVATIONS`); a final LayerNorm; an lm_head tied to the embeddings unless `tie_word_embeddings` is false.
 Module names equal the checkpoint keys, so transformers checkpoints load without a mapping table.
 The model reads no files and samples nothing: it maps (ids, positions, cache) to logits.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cache import CAUSAL, KVCache, attention_mask
-from .config import Starcoder2Config
+from .config import HIDDEN_ACTS, Starcoder2Config
 from .pages import release_checkpoint_pages
 from .rope import RotaryEmbedding, apply_rotary
 
@@ -121,15 +123,37 @@ def grouped_single_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor
     return torch.matmul(probs, v).reshape(batch, heads, 1, dim)
 
 
+def gelu_new(x: Tensor) -> Tensor:
+    """The tanh approximation written out, as the reference's NewGELUActivation ("gelu_new")."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def gelu_fast(x: Tensor) -> Tensor:
+    """The tanh approximation in the reference's FastGELUActivation's arrangement ("gelu_fast")."""
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+# hidden_act -> the function transformers' ACT2FN computes for it, operation for operation (the three tanh forms
+# agree mathematically but round differently, so each is kept as the reference writes it).
+ACTIVATIONS = {
+    "gelu": F.gelu,  # GELUActivation: exact, erf-based
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),  # GELUTanh: torch's fused tanh approximation
+    "gelu_new": gelu_new,
+    "gelu_fast": gelu_fast,
+}
+assert set(ACTIVATIONS) == set(HIDDEN_ACTS)  # the config accepts exactly what the MLP computes
+
+
 class Starcoder2MLP(nn.Module):
     def __init__(self, config: Starcoder2Config) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.use_bias)
         self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.use_bias)
+        self.act = ACTIVATIONS[config.hidden_act]
         self.residual_dropout = config.residual_dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        x = self.c_proj(self.act(self.c_fc(x)))
         return F.dropout(x, p=self.residual_dropout, training=self.training)
 
 
@@ -223,10 +247,11 @@ class Starcoder2PreTrainedModel(nn.Module):
                             release_checkpoint_pages([linear.weight, linear.bias])  # (a tied one is still read)
 
     @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device: torch.device | str | None = None, **overrides):
+    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                        config: Starcoder2Config | None = None, **overrides):
         from .weights import load_pretrained
 
-        return load_pretrained(cls, path, dtype=dtype, device=device, **overrides)
+        return load_pretrained(cls, path, dtype=dtype, device=device, config=config, **overrides)
 
     def save_pretrained(self, directory, max_shard_size: int | str = "5GB") -> None:
         if getattr(self, "inference_only", False):

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .fim import EOS, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, REPO_NAME
-from .tokenizer import Tokenizer
+from ..fim.formats import EOS, FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, REPO_NAME
+from ..tokenizer import Tokenizer
 
 SKIP_DIRS = {"site-packages", "__pycache__", ".git", ".hg", ".svn", "node_modules", ".venv", "venv"}
 MAX_FILE_BYTES = 1_000_000

@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from . import trainset
+from . import data as trainset
 from .bpe import train_bpe
-from .errors import UsageError
-from .files import atomic_write_bytes
-from .modeling import Starcoder2Config, Starcoder2ForCausalLM
-from .tokenizer import Tokenizer
+from ..errors import UsageError
+from ..files import atomic_write_bytes
+from ..model import Starcoder2Config, Starcoder2ForCausalLM
+from ..tokenizer import Tokenizer
 
 STATE_FILE = "train_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -299,8 +299,8 @@ def export(run_dir: str | Path, dest: str | Path, dtype: torch.dtype = torch.bfl
     return dest
 
 
-if __name__ == "__main__":  # python -m sc2cli.train export RUN_DIR DEST
+if __name__ == "__main__":  # python -m sc2cli.train.trainer export RUN_DIR DEST
     if len(sys.argv) == 4 and sys.argv[1] == "export":
         print(export(sys.argv[2], sys.argv[3]))
     else:
-        sys.exit("usage: python -m sc2cli.train export RUN_DIR DEST")
+        sys.exit("usage: python -m sc2cli.train.trainer export RUN_DIR DEST")

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .tokenizer import SPECIAL_TOKENS
+from ..tokenizer import SPECIAL_TOKENS
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .tokenizer import Tokenizer
+from ..tokenizer import Tokenizer
 
 FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD = "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"
 FILE_SEP, REPO_NAME, EOS = "<file_sep>", "<repo_name>", "<|endoftext|>"

@@ -53,6 +53,9 @@ MAX_LAYERS = 1024
 MAX_WIDTH = 2**24
 WIDTH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
 
+# The MLP activations sc2 computes, each exactly as the reference's ACT2FN does (see transformer.ACTIVATIONS).
+HIDDEN_ACTS = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu")
+
 # Required keys per rope type (spec §1.2); rope_theta is always filled in.
 ROPE_REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "default": (),
@@ -182,8 +185,9 @@ class Starcoder2Config:
         window = self.sliding_window
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window <= 0):
             raise ValueError(f"config field 'sliding_window' must be a positive integer or null, got {self.sliding_window!r}")
-        if self.hidden_act not in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu"):
-            raise ValueError(f"config field 'hidden_act' has unsupported value {self.hidden_act!r}")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in HIDDEN_ACTS:
+            raise ValueError(f"config field 'hidden_act' has unsupported value {self.hidden_act!r}; "
+                             f"sc2 runs {', '.join(HIDDEN_ACTS)}")
         for name in ("attention_dropout", "residual_dropout", "embedding_dropout"):
             value = getattr(self, name)
             if not _is_number(value) or not 0.0 <= value <= 1.0:

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .cache import KVCache
+from ..model.cache import KVCache
 from .decode import GRAPH_MODES, make_step, resolve_mode
 from .healing import Healer
 from .lookup import PromptLookup
 from .sampling import SamplingParams, make_generator, process_logits, sample, token_logprobs
 from .stopping import Chain, StopStringMatcher, TextFilter
-from .tokenizer import IncrementalDetokenizer, Tokenizer
+from ..tokenizer import IncrementalDetokenizer, Tokenizer
 
 DEFAULT_PREFILL_CHUNK = 512
 LOOKUP_NEEDS = ("prompt lookup keeps the drafts greedy decoding would choose: it needs one greedy completion "

@@ -20,8 +20,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .bench_infill import Task, drop_comment_lines, task_prompts
-from .trainset import SourceFile
+from .infill import Task, drop_comment_lines, task_prompts
+from ..train.data import SourceFile
 
 MIN_REPEAT = 3
 MAX_MIDDLE = 8
@@ -64,7 +64,7 @@ class LookupResult:
 
 
 def _timed(model, tokenizer, ids, stop, lookup: bool):
-    from .engine import generate
+    from ..generation.engine import generate
 
     times: list[float] = []
     completion = generate(model, tokenizer, [ids], stop=stop, prompt_lookup=lookup,
@@ -73,8 +73,8 @@ def _timed(model, tokenizer, ids, stop, lookup: bool):
 
 
 def run_lookup(loaded, tasks: Sequence[Task], max_new_tokens: int = 96) -> LookupResult:
-    from .engine import StopConditions
-    from .tokenizer import boundary_token_ids
+    from ..generation.engine import StopConditions
+    from ..tokenizer import boundary_token_ids
 
     model, tokenizer = loaded.model, loaded.tokenizer
     stop = StopConditions(token_ids=boundary_token_ids(tokenizer), max_new_tokens=max_new_tokens)
@@ -105,9 +105,9 @@ def run_int8_agreement(reference, quantized, tasks: Sequence[Task], max_new_toke
     """`reference` and `quantized` are loaded models of one checkpoint (bf16 and --quantize int8)."""
     import torch
 
-    from .cache import KVCache
-    from .decode import EagerStep
-    from .engine import StopConditions, generate, prefill
+    from ..model.cache import KVCache
+    from ..generation.decode import EagerStep
+    from ..generation.engine import StopConditions, generate, prefill
 
     model = quantized.model
     stop = StopConditions(token_ids=frozenset(), max_new_tokens=max_new_tokens)  # full length: more positions

@@ -5,8 +5,10 @@ from memory. A plain bf16 `F.linear` streams them at well under half the machine
 replacements do better (measured on the ~180M shape, 2 threads: prepacked 1.7x, int8 2.4x the weights per
 second of `F.linear`):
 
-- `PackedLinear` (CPU, bfloat16): the weight reordered once into oneDNN's blocked layout, so each product reads
-  it in the order the kernel wants. Same arithmetic as `F.linear` (the outputs compare equal); any number of rows.
+- `PackedLinear` (CPU, bfloat16, where oneDNN has bf16 kernels: AVX-512 or AVX-NE-CONVERT, see
+  `devices.cpu_capability`): the weight reordered once into oneDNN's blocked layout, so each product reads it in
+  the order the kernel wants. Same arithmetic as `F.linear` (the outputs compare equal); any number of rows.
+  Other CPUs run bf16 on plain `F.linear` (slower, same numbers).
 - `Int8Linear` (`--quantize int8`, any device): symmetric per-output-channel int8 weights (scale = max|w| / 127)
   with the scales in the activation dtype. Up to `GEMV_ROWS` rows (decode) go through the fused int8 kernel,
   which reads one byte per weight; longer inputs (prefill, compute-bound) dequantize the matrix and use the
@@ -21,13 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import devices
+
 QUANTIZE_CHOICES = ("none", "int8")
 GEMV_ROWS = 16
 
 
 def packing_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `PackedLinear` runs here: bf16 on a CPU whose oneDNN has bf16 kernels (elsewhere the reorder
+    raises "bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq")."""
     return (device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and devices.cpu_capability().onednn_bf16)
 
 
 class PackedLinear(nn.Module):
@@ -74,7 +80,12 @@ class Int8Linear(nn.Module):
     fly (dynamic quantization, one scale per block of `GEMV_ROWS` rows, so a long prompt rounds like decode
     does); it is also 1.7x faster than dequantizing for a 512-token prefill, and the int8 weight then exists
     once, in fbgemm's layout. Elsewhere: torch's weight-only int8 kernel for a few rows, dequantization
-    beyond."""
+    beyond.
+
+    Without VNNI (AVX2, early AVX-512) fbgemm adds pairs of u8 x s8 products in a saturating 16-bit sum, which
+    8-bit activations overflow (255 * 127 * 2 > 32767: errors of ~10 on outputs of ~70 were measured). There
+    the activations are rounded to 7 bits (`reduce_range`): 127 * 127 * 2 <= 32767, so no sum saturates and
+    the result is exact for 7-bit activations, at twice the activation rounding step of the VNNI path."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> None:
         super().__init__()
@@ -82,6 +93,8 @@ class Int8Linear(nn.Module):
         q, scale = quantize_int8(weight)
         self.x86_packed = (_pack_for_x86(q, scale, bias) if weight.device.type == "cpu" and _x86_int8_engine()
                            else None)
+        # 7-bit activations where fbgemm would saturate 8-bit ones (see the class docstring).
+        self.reduce_range = self.x86_packed is not None and not devices.cpu_capability().int8_vnni
         self.register_buffer("weight_int8", q.contiguous() if self.x86_packed is None else None)
         self.register_buffer("scale", scale.to(dtype))
         self.register_buffer("bias", bias.detach().clone() if bias is not None else None)
@@ -97,7 +110,8 @@ class Int8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         if self.x86_packed is not None:
             blocks = rows.float().split(GEMV_ROWS)
-            out = torch.cat([torch.ops.quantized.linear_dynamic(b, self.x86_packed, False) for b in blocks])
+            dynamic = torch.ops.quantized.linear_dynamic
+            out = torch.cat([dynamic(b, self.x86_packed, self.reduce_range) for b in blocks])
             return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)  # (the bias is in the packed weight)
         if rows.shape[0] <= GEMV_ROWS and self.fused_kernel and x.dtype == self.scale.dtype:
             try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .cache import KVCache
+from ..model.cache import KVCache
 
 DECODE_MODES = ("auto", "eager", "static", "cuda-graph", "compile")
 # Rope variants whose frequencies never depend on the positions seen (dynamic and longrope rescale on the host).

@@ -19,8 +19,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .infill import IndentStyle, MiddleFilter, build_prompt, token_budget
-from .trainset import SourceFile
+from ..fim.scope import IndentStyle, MiddleFilter
+from ..fim.prompt import build_prompt, token_budget
+from ..train.data import SourceFile
 
 TRIVIAL = re.compile(r"^(?:[\]\)\}]+[,;:]?|else:|try:|finally:|pass|return|break|continue|\.\.\.|[\]\)\}]+\)*:?)$")
 
@@ -140,8 +141,8 @@ def task_prompts(tokenizer, config, tasks: Sequence[Task], max_new_tokens: int, 
 def run(loaded, tasks: Sequence[Task], max_new_tokens: int = 32, batch_size: int = 8, budget: int | None = None,
         on_batch=None) -> list[Result]:
     """Greedy raw generations (stopped only by end-of-text/separator tokens or the length), in batches."""
-    from .engine import StopConditions, generate
-    from .tokenizer import boundary_token_ids
+    from ..generation.engine import StopConditions, generate
+    from ..tokenizer import boundary_token_ids
 
     model, tokenizer = loaded.model, loaded.tokenizer
     stop = StopConditions(token_ids=boundary_token_ids(tokenizer), max_new_tokens=max_new_tokens,

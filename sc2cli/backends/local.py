@@ -1,0 +1,59 @@
+"""sc2's own engine in this process: the first backend."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from ..checkpoint import Loaded
+from ..errors import InputError
+from ..generation.decode import resolve_mode
+from ..generation.engine import LOOKUP_NEEDS, StopConditions, Step, generate, lookup_applies
+from ..generation.sampling import make_generator
+from ..tokenizer import boundary_token_ids
+from .base import GenerationJob, GenerationRun
+
+
+class LocalBackend:
+    def __init__(self, loaded: Loaded) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.config = loaded.model.config
+        self.tokenizer = loaded.tokenizer
+        self.name = loaded.name
+
+    def check(self, job: GenerationJob, rows: int) -> GenerationJob:
+        """Resolve the decode mode against the loaded model, and refuse prompt lookup where it would change the
+        tokens (`rows`: prompts x samples)."""
+        try:
+            decode = resolve_mode(job.decode.strip().lower(), self.model)
+        except ValueError as err:
+            raise InputError(str(err), field="decode") from None
+        if job.prompt_lookup and not lookup_applies(job.sampling, rows):
+            raise InputError(LOOKUP_NEEDS, field="prompt_lookup")
+        return replace(job, decode=decode)
+
+    def generate(self, prompts: Sequence[Sequence[int]], job: GenerationJob,
+                 on_step: Callable[[Step], None] | None = None) -> GenerationRun:
+        job = self.check(job, len(prompts) * job.num_samples)
+        stop_ids = frozenset() if job.ignore_eos else boundary_token_ids(self.tokenizer)
+        conditions = StopConditions(token_ids=stop_ids, strings=job.stop, max_new_tokens=job.max_new_tokens,
+                                    context_limit=self.config.max_position_embeddings, text_filter=job.text_filter)
+        generator = make_generator(job.sampling.seed, self.model.device)
+        first = None
+
+        def step_seen(step: Step) -> None:
+            nonlocal first
+            if first is None:
+                first = time.perf_counter()
+            if on_step is not None:
+                on_step(step)
+
+        started = time.perf_counter()
+        completions = generate(self.model, self.tokenizer, prompts, job.sampling, conditions, job.num_samples,
+                               generator=generator, on_step=step_seen, prompt_lookup=job.prompt_lookup,
+                               decode=job.decode, heal=job.heal)
+        end = time.perf_counter()
+        first = first or end
+        return GenerationRun(completions, generator.initial_seed(), first - started, end - first)

@@ -1,0 +1,209 @@
+"""`sc2 bench speed`: sc2 against its peers on the same weights, same dtype, same thread count, in one run.
+
+This module runs the comparison (`run_bench`) and collects its samples into one JSON document with a summary per
+engine. Rounds alternate sc2 and each peer, because memory bandwidth on a shared machine drifts from minute to
+minute; every figure is measured in a fresh process (`python -m sc2cli.bench.workers worker ...`, which prints one
+JSON line). Beside it: checkpoints.py (the random-weight shapes, the GGUF of the llama.cpp peer), roofline.py
+(bandwidth and the decode roofline), workers.py (the measurements), tables.py (the table). The names the command
+(sc2cli/cli/bench.py) uses are importable from here.
+
+What is measured:
+
+- load time: the engine's own loader, from the safetensors (or the GGUF) to a model ready to run;
+- time to first token, cold: the first call after loading (pays the page-in of the weights and the kernels'
+  first-use set-up), prompt -> first generated token;
+- time to first token: the same, warm (the prompt is fresh random ids, so no prefix cache can help);
+- prefill tokens/s: the prompt through one call of the engine's cached forward (sc2: `engine.prefill`, chunks of
+  512; transformers: one forward with `use_cache=True, logits_to_keep=1`; llama.cpp: `Llama.eval`, n_batch 512);
+- decode tokens/s at batch 1 and batch 4: greedy, EOS ignored, `new_tokens` per row; the clock runs from the
+  first generated token to the last, so the figure counts `new_tokens - 1` decode steps per row and no prefill
+  (batch 4 is the aggregate over the rows);
+- peak RSS: `ru_maxrss` right after loading and at the end of the worker, raw (the interpreter, torch and the
+  peer library included), and its ratio to the weight bytes (parameters x bytes per element);
+- the machine's memory read bandwidth, in its own fresh process at the start of every round, with the same thread
+  count; each decode sample is also given as a fraction of the roofline of its round: batch b can at best make
+  b x bandwidth / bytes of weights read per step tokens per second (roofline.py says what is counted).
+
+The llama.cpp peer runs through `llama-cpp-python` when it is importable, on a GGUF of the same weights (see
+checkpoints.py for making one). llama-cpp-python's high-level API runs one sequence, so its batch-4 decode is
+reported as not measured.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoints import DTYPE_NAMES, SHAPES, default_gguf, random_checkpoint, shape_config, torch_dtype
+from .machine import cpu_model, gpu_name
+from .roofline import parameter_count, roofline_tok_s, weight_bytes_per_token
+from .tables import METRICS, format_value, render_table
+from .workers import PEERS, SC2_VARIANTS
+
+# What `sc2 bench speed` (sc2cli/cli/bench.py) uses, besides what is defined here.
+__all__ = ["DTYPE_NAMES", "PEERS", "SC2_VARIANTS", "SHAPES", "BenchPlan", "WorkerFailed", "random_checkpoint",
+           "render_table", "run_bench", "shape_config", "summarize"]
+
+WORKER_MODULE = "sc2cli.bench.workers"  # run with `python -m`: the measuring subprocesses
+
+
+@dataclass
+class BenchPlan:
+    checkpoint: Path
+    label: str  # "shape s", "shipped model", or the --model ref
+    dtype: str = "bfloat16"
+    threads: int = 1
+    repeats: int = 3
+    prompt_tokens: int = 512
+    new_tokens: int = 128
+    peers: Sequence[str] = PEERS
+    variants: Sequence[str] = ("sc2",)  # sc2 engines measured; "sc2" always
+    device: str = "cpu"
+    gguf: Path | None = None
+    bandwidth_gib: float = 1.0
+    seed: int = 0
+    written: bool | None = None  # for named shapes: whether the random checkpoint was written by this run
+    extra: dict = field(default_factory=dict)
+
+
+class WorkerFailed(RuntimeError):
+    """A measuring subprocess exited with an error or printed no JSON line."""
+
+
+def _worker_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])  # the folder that holds the sc2cli package
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[key] = str(threads)
+    env.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return env
+
+
+def _subprocess_json(argv: list[str], threads: int) -> dict:
+    command = [sys.executable, "-m", WORKER_MODULE, *argv]
+    proc = subprocess.run(command, capture_output=True, text=True, env=_worker_env(threads))
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    if proc.returncode != 0 or not lines:
+        tail = " ".join((proc.stderr.strip().splitlines() or ["(no output)"])[-1:])
+        raise WorkerFailed(f"exit {proc.returncode}: {tail}")
+    return json.loads(lines[-1])
+
+
+def worker_argv(plan: BenchPlan, engine: str) -> list[str]:
+    argv = ["worker", "--engine", engine, "--checkpoint", str(plan.checkpoint), "--dtype", plan.dtype,
+            "--threads", str(plan.threads), "--prompt-tokens", str(plan.prompt_tokens),
+            "--new-tokens", str(plan.new_tokens), "--seed", str(plan.seed), "--device", plan.device]
+    if plan.gguf is not None:
+        argv += ["--gguf", str(plan.gguf)]
+    return argv
+
+
+def peer_status(peer: str, plan: BenchPlan) -> str | None:
+    """None when the peer can run here, else why not (shown in the table)."""
+    if peer == "transformers":
+        return None if importlib.util.find_spec("transformers") else "not installed"
+    if peer == "llama.cpp":
+        if importlib.util.find_spec("llama_cpp") is None:
+            return "not installed"
+        if plan.gguf is None or not Path(plan.gguf).is_file():
+            return "no GGUF (see --gguf)"
+        return None
+    raise ValueError(f"unknown peer {peer!r}")
+
+
+def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message: None) -> dict:
+    """Run the whole comparison; returns the JSON document (raw samples and summaries)."""
+    import torch
+
+    from ..model.config import Starcoder2Config
+
+    config = Starcoder2Config.from_pretrained(plan.checkpoint)
+    itemsize = torch.empty((), dtype=torch_dtype(plan.dtype)).element_size()
+    params = parameter_count(config)
+    weight_bytes = params * itemsize
+    per_token = weight_bytes_per_token(config, itemsize)
+    if plan.gguf is None:
+        plan.gguf = default_gguf(plan.checkpoint, plan.dtype)
+    engines: dict[str, dict] = {
+        v: {"available": True, "reason": None, "samples": [], "errors": []} for v in dict.fromkeys(["sc2", *plan.variants])
+    }
+    for peer in plan.peers:
+        reason = peer_status(peer, plan)
+        engines[peer] = {"available": reason is None, "reason": reason, "samples": [], "errors": []}
+        if reason:
+            progress(f"{peer}: {reason}")
+    bandwidth: list[dict] = []
+    for round_index in range(plan.repeats):
+        tag = f"round {round_index + 1}/{plan.repeats}"
+        bw = _subprocess_json(["bandwidth", "--threads", str(plan.threads), "--gib", str(plan.bandwidth_gib),
+                               "--device", plan.device], plan.threads)
+        bandwidth.append(bw)
+        progress(f"{tag}: memory read bandwidth {bw['gbps']:.1f} GB/s")
+        for engine, entry in engines.items():
+            if not entry["available"]:
+                continue
+            try:
+                sample = _subprocess_json(worker_argv(plan, engine), plan.threads)
+            except WorkerFailed as err:
+                entry["errors"].append(str(err))
+                progress(f"{tag}: {engine} failed: {err}")
+                continue
+            sample["round"] = round_index
+            sample["bandwidth_gbps"] = bw["gbps"]
+            # int8 weights read one byte per parameter (plus a scale per row) instead of `itemsize`.
+            engine_bytes = per_token // itemsize if "int8" in engine else per_token
+            for batch in (1, 4):
+                rate = sample.get(f"decode_b{batch}_tok_s")
+                sample[f"roofline_b{batch}"] = (rate / roofline_tok_s(bw["gbps"], engine_bytes, batch)
+                                                if rate else None)
+            sample["rss_ratio"] = sample["rss_peak_bytes"] / weight_bytes if sample.get("rss_peak_bytes") else None
+            entry["samples"].append(sample)
+            progress(f"{tag}: {engine}: prefill {format_value(sample.get('prefill_tok_s'), 'rate')} tok/s, decode "
+                     f"{format_value(sample.get('decode_b1_tok_s'), 'rate')} tok/s (batch 1), "
+                     f"{format_value(sample.get('decode_b4_tok_s'), 'rate')} tok/s (batch 4)")
+    for entry in engines.values():
+        entry["summary"] = summarize(entry["samples"])
+        if entry["available"] and not entry["samples"] and entry["errors"]:
+            entry["available"], entry["reason"] = False, "failed: " + entry["errors"][0][:80]
+    gbps = [b["gbps"] for b in bandwidth]
+    bw_median = statistics.median(gbps)
+    return {
+        "machine": {"cpu": cpu_model(), "threads": plan.threads, "logical_cpus": os.cpu_count(),
+                    "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+                    "device": plan.device, "gpu": gpu_name(plan.device)},
+        "settings": {"dtype": plan.dtype, "repeats": plan.repeats, "prompt_tokens": plan.prompt_tokens,
+                     "new_tokens": plan.new_tokens, "seed": plan.seed, "peers": list(plan.peers),
+                     "variants": {v: SC2_VARIANTS[v] for v in engines if v in SC2_VARIANTS},
+                     "bandwidth_gib": plan.bandwidth_gib},
+        "model": {"label": plan.label, "checkpoint": str(plan.checkpoint), "parameters": params,
+                  "weight_bytes": weight_bytes, "bytes_per_token": per_token, "checkpoint_written": plan.written,
+                  "gguf": str(plan.gguf) if plan.gguf else None, **plan.extra},
+        "bandwidth": {"gbps": bw_median, "min_gbps": min(gbps), "max_gbps": max(gbps), "samples": bandwidth,
+                      "method": "median of torch.sum passes over a float32 tensor, fresh process per round"},
+        "roofline": {"batch1_tok_s": roofline_tok_s(bw_median, per_token, 1),
+                     "batch4_tok_s": roofline_tok_s(bw_median, per_token, 4)},
+        "engines": engines,
+        "metrics": [{"key": k, "label": label.strip(), "kind": kind, "better": better}
+                    for k, label, kind, better in METRICS],
+    }
+
+
+def summarize(samples: list[dict]) -> dict:
+    """Per metric, median, min, max and count over an engine's samples (None when no sample has the metric)."""
+    out = {}
+    for key, *_ in METRICS:
+        values = [s[key] for s in samples if s.get(key) is not None]
+        out[key] = ({"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+                    if values else None)
+    return out

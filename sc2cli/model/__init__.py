@@ -1,0 +1,29 @@
+"""The model layer: StarCoder2 in plain PyTorch, under the reference's names.
+
+`from sc2cli.model import Starcoder2ForCausalLM`. The classes are imported on first use, so reading a config
+(`sc2cli.model.config`) never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Starcoder2Config": "config",
+    "preset_config": "presets",
+    "ModelOutput": "transformer",
+    "Starcoder2Model": "transformer",
+    "Starcoder2ForCausalLM": "transformer",
+    "Starcoder2PreTrainedModel": "transformer",
+    "Starcoder2ForSequenceClassification": "heads",
+    "Starcoder2ForTokenClassification": "heads",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
