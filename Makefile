@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROMPT ?= def fibonacci(n):
 
-.PHONY: install test run completions tiny-model clean
+.PHONY: install test test-quick lint-imports run completions tiny-model clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) lint-imports
 	$(BIN)/python -m pytest
 
+# The tests that start no process and train nothing: a quick tier while working.
+test-quick: $(STAMP) lint-imports
+	$(BIN)/python -m pytest -m "not slow"
+
+# The layers (pyproject.toml [tool.importlinter]): fails when an import runs upward.
+lint-imports: $(STAMP)
+	$(BIN)/lint-imports
+
+# PROMPT reaches the command through the environment, never pasted into the shell line: quotes, apostrophes and
+# dollars in it stay as typed.
+export PROMPT
 run: $(STAMP)
-	$(BIN)/sc2 complete "$(PROMPT)"
+	$(BIN)/sc2 complete "$$PROMPT"
 
 completions: $(STAMP)
 	$(BIN)/python -m sc2cli.cli.completions completions

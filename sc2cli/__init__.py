@@ -1,6 +1,36 @@
-"""sc2: StarCoder2 code completion from the terminal, in plain PyTorch.
+"""sc2: StarCoder2 code completion, in plain PyTorch.
 
-Importing the package is cheap (no torch); the model classes live in `sc2cli.model`.
+    import sc2cli
+    model = sc2cli.load("sc2-tiny")          # or a Hub id, or a checkpoint folder
+    sc2cli.complete("def fibonacci(n):", model=model).text
+    sc2cli.infill("def add(a, b):\\n    return ", "\\n", model=model).text
+
+The model classes mirror the reference's: `sc2cli.Starcoder2ForCausalLM.from_pretrained(folder)`. Everything is
+imported on first use, so importing the package (and `sc2 --help`) never imports torch.
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "load": "sc2cli.api",
+    "complete": "sc2cli.api",
+    "infill": "sc2cli.api",
+    "Starcoder2Config": "sc2cli.model",
+    "Starcoder2Model": "sc2cli.model",
+    "Starcoder2ForCausalLM": "sc2cli.model",
+    "Starcoder2ForSequenceClassification": "sc2cli.model",
+    "Starcoder2ForTokenClassification": "sc2cli.model",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -40,6 +40,11 @@ class CompletionResult:
     def completions(self):
         return self.run.completions
 
+    @property
+    def text(self) -> str:
+        """The first completion's text."""
+        return self.run.completions[0].text
+
 
 @dataclass
 class CompletionPlan:
@@ -78,7 +83,7 @@ def fit_prompt(ids: list[int], context: int, max_new_tokens: int, truncate: bool
         return ids
     if not truncate:
         raise InputError(f"the prompt has {len(ids)} tokens; with {max_new_tokens} new tokens only {room} fit the "
-                         f"context of {context} (allow cutting it from the left)", field="truncate")
+                         f"context of {context}", field="truncate")
     return ids[-room:]
 
 

@@ -115,6 +115,7 @@ def test_random_checkpoint_loads_in_transformers(tmp_path):
 
 # ---- the worker --------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_worker_prints_one_json_record(tmp_path):
     path, _ = checkpoints.random_checkpoint("tiny", "float32", root=tmp_path)
     result = subprocess.run(
@@ -135,6 +136,7 @@ def test_worker_prints_one_json_record(tmp_path):
     assert 0 < record["rss_start_bytes"] <= record["rss_load_bytes"] <= record["rss_peak_bytes"]
 
 
+@pytest.mark.slow
 def test_bandwidth_process(tmp_path):
     result = subprocess.run([sys.executable, "-m", "sc2cli.bench.workers", "bandwidth", "--gib", "0.01",
                              "--passes", "3"], capture_output=True, text=True, timeout=120, env=isolated_env(tmp_path))
@@ -216,6 +218,7 @@ def test_table_has_every_metric_row():
     assert len({len(r) for r in rows}) == 1  # aligned
 
 
+@pytest.mark.slow
 def test_table_run_reuses_the_cached_checkpoint(json_run, home):
     checkpoint = _tiny_checkpoint(home) / "model.safetensors"
     mtime = checkpoint.stat().st_mtime_ns
@@ -233,6 +236,7 @@ def test_table_run_reuses_the_cached_checkpoint(json_run, home):
         assert "not installed" in table
 
 
+@pytest.mark.slow
 def test_usage_errors(tmp_path):
     assert_one_line_error(run_sc2(["bench", "speed", "--shape", "s", "-m", "x"], tmp_path), 2, "not both")
     assert_one_line_error(run_sc2(["bench", "speed", "--peers", "vllm"], tmp_path), 2, "unknown peer")
@@ -249,6 +253,7 @@ def test_speed_module_offers_what_the_command_uses():
         assert hasattr(speed, name), name
 
 
+@pytest.mark.slow
 def test_help_does_not_import_torch(tmp_path):
     code = ("import sys; from sc2cli.cli import main\n"
             "try:\n    main(['bench', 'speed', '--help'])\nexcept SystemExit:\n    pass\n"

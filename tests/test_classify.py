@@ -211,6 +211,7 @@ def test_zero_shot_lines(lm_ckpt, home):
 
 
 # ---- errors ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("which, args, needle", [
     ("lm", ["x"], "--labels"),
     ("seq", ["--tokens", "x"], "--tokens"),
@@ -235,6 +236,7 @@ def test_bad_combinations_raise_usage_errors(args, input, needle, lm_ckpt, home)
     assert needle in str(result.exception)
 
 
+@pytest.mark.slow
 def test_help_never_imports_torch(tmp_path):
     code = ("import sys; from sc2cli.cli import main\n"
             "try:\n    main(['classify', '--help'])\nexcept SystemExit:\n    pass\n"

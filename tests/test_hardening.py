@@ -199,9 +199,9 @@ CASES = [
     Case("infill-file-empty", lambda t, g: _ckpt_and_source(t, g, b""), INFILL, 2,
          ("is empty", "sc2 complete")),
     Case("infill-line-out-of-range", _ckpt_and_source, INFILL[:-1] + ["99"], 2,
-         ("--line 99 is outside the file", "use 1..7")),
+         ("--line: line 99 is outside the file", "use 1..7")),
     Case("infill-column-out-of-range", _ckpt_and_source, INFILL + ["--column", "80"], 2,
-         ("--column 80 is outside line 2", "use 1..")),
+         ("--column: column 80 is outside line 2", "use 1..")),
     # -- prompts and sampling values
     Case("empty-prompt", lambda t, g: _copy(g, t), COMPLETE + [""], 2, ("prompt is empty", "give")),
     Case("prompt-too-long-no-truncate", lambda t, g: _copy(g, t),
@@ -222,19 +222,19 @@ CASES = [
     Case("decode-cuda-graph-on-cpu", lambda t, g: _copy(g, t), COMPLETE + ["--decode", "cuda-graph", "x"], 2,
          ("--decode", "needs a CUDA device")),
     Case("prompt-lookup-when-sampling", lambda t, g: _copy(g, t),
-         COMPLETE + ["--prompt-lookup", "--temperature", "0.7", "x"], 2, ("--prompt-lookup", "one greedy completion")),
+         COMPLETE + ["--prompt-lookup", "--temperature", "0.7", "x"], 2, ("--lookup", "one greedy completion")),
     Case("complete-mode-unknown", lambda t, g: _copy(g, t), COMPLETE + ["--mode", "paragraph", "x"], 2,
          ("--mode", "auto, free, block or line")),
     # -- devices and dtypes
     Case("device-cuda-absent", lambda t, g: _copy(g, t), COMPLETE + ["--device", "cuda", "x"], 2,
-         ("no CUDA GPU", "--device cpu"), marks=(NO_CUDA,)),
+         ("--device: no CUDA GPU", "use cpu"), marks=(NO_CUDA,)),
     Case("device-mps-absent", lambda t, g: _copy(g, t), COMPLETE + ["--device", "mps", "x"], 2,
-         ("MPS is not available", "--device cpu"), marks=(NO_MPS,)),
+         ("--device: Apple MPS is not available", "use cpu"), marks=(NO_MPS,)),
     Case("dtype-unknown", lambda t, g: _copy(g, t), COMPLETE + ["--dtype", "float64", "x"], 2,
          ("unknown dtype 'float64'", "float32")),
     # Every listed dtype runs on a CPU with current torch, so "cannot run" is simulated by the probe failing.
     Case("dtype-does-not-run-simulated", lambda t, g: _copy(g, t), COMPLETE + ["--dtype", "float16", "x"], 2,
-         ("float16 does not run on cpu", "--dtype float32"), patch=DTYPE_DOES_NOT_RUN),
+         ("--dtype: float16 does not run on cpu", "use float32"), patch=DTYPE_DOES_NOT_RUN),
     # -- writing the result
     Case("infill-write-read-only", _read_only_source, INFILL + ["--write"], 1,
          ("read-only", "chmod u+w", "unchanged")),
@@ -321,6 +321,7 @@ def test_booby_trap_is_armed(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["complete", "classify"])
 def test_checkpoint_code_and_pickles_never_run_and_checkpoint_is_never_written(kind, good, tmp_path):
     """safetensors only (the .bin beside them is never unpickled); auto_map and the .py files are never imported,
@@ -382,6 +383,7 @@ def test_hub_downloads_only_the_files_sc2_needs(monkeypatch, tmp_path):
     assert calls[1][1]["local_files_only"] is True
 
 
+@pytest.mark.slow
 def test_zygote_runs_match_the_installed_script(good, zygote, tmp_path):
     """The table's forked runs behave like `exec`ing the installed `sc2` (same stdout, stderr and exit code)."""
     argv = ["complete", "-m", str(good), "--dtype", "float32", "--max-new-tokens", "4", "--json", "--seed", "1",

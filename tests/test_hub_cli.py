@@ -85,6 +85,7 @@ def run_main(args, capsys) -> tuple[int, str, str]:
 
 
 # ---- download ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_download_offline_prints_the_cached_snapshot(home):
     result = run_sc2(["download", "owner/name", "--offline"], home)
     assert result.returncode == 0, result.stderr.decode()
@@ -93,6 +94,7 @@ def test_download_offline_prints_the_cached_snapshot(home):
     assert (path / "model.safetensors").is_file() and result.stderr == b""
 
 
+@pytest.mark.slow
 def test_complete_runs_from_the_cache(home):
     result = run_sc2(["complete", "-m", "owner/name", "--offline", "--dtype", "float32", "--max-new-tokens", "5",
                       "def f():"], home)
@@ -100,6 +102,7 @@ def test_complete_runs_from_the_cache(home):
     assert result.stdout
 
 
+@pytest.mark.slow
 def test_missing_model_offline_is_one_line_naming_the_fix(home, in_process, capsys):
     result = run_sc2(["download", "other/missing", "--offline"], home)
     assert_one_line_error(result, 1, "other/missing", "sc2 download other/missing")
@@ -109,6 +112,7 @@ def test_missing_model_offline_is_one_line_naming_the_fix(home, in_process, caps
     assert "other/missing" in err and "sc2 download other/missing" in err
 
 
+@pytest.mark.slow
 def test_hf_hub_offline_env_alone_means_offline(home):
     # isolated_env sets HF_HUB_OFFLINE=1 and no --offline is given: still no network, the same one-line error.
     result = run_sc2(["download", "other/missing", "--revision", "v1"], home)
@@ -126,6 +130,7 @@ def test_download_refuses_pickle_only_and_bad_ids():
 
 
 # ---- models -----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_models_lists_starcoder2_checkpoints_only(home):
     result = run_sc2(["models"], home)
     assert result.returncode == 0, result.stderr.decode()
@@ -160,6 +165,7 @@ def test_models_in_an_empty_cache(tmp_path, monkeypatch):
     assert invoke(["models"]).stdout == ""
 
 
+@pytest.mark.slow
 def test_models_rm(home):
     snapshot = cache_repo(home / "hf", "owner/name", {"config.json": b'{"model_type": "starcoder2"}'},
                           commit=OTHER_COMMIT, ref=None)  # a second revision of the same repo
@@ -235,6 +241,7 @@ def test_info_unknown_uncached_model_is_one_line(in_process):
 
 
 # ---- start-up ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_help_of_new_commands_does_not_import_torch(tmp_path):
     code = (
         "import sys\n"

@@ -284,6 +284,7 @@ def test_cli_cursor_outside_the_file_exits_2(tmp_path, home, ckpt, no_weights, a
     sc2([str(path), *args, "-m", str(ckpt)]).one_line_error(2, needle)
 
 
+@pytest.mark.slow
 def test_cli_through_the_real_entry_point(tmp_path):
     """The installed `sc2` script: usage errors are exit 2 and one line, before anything heavy runs."""
     path = write(tmp_path / "a.py", b"x = 1\n")
@@ -569,6 +570,7 @@ DIFF_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("patch") is None, reason="`patch` is not installed")
 @pytest.mark.parametrize("case", list(DIFF_CASES), ids=list(DIFF_CASES))
 def test_diff_applied_by_patch_equals_write(tmp_path, home, ckpt, scripted, monkeypatch, case):
@@ -869,3 +871,129 @@ def test_missing_context_path_exits_2(tmp_path, home, ckpt, no_weights):
     path = write(tmp_path / "a.py", b"x = 1\n")
     sc2([str(path), "--line", "1", "--context", str(tmp_path / "nope"), "-m", str(ckpt)]).one_line_error(
         2, "does not exist")
+
+
+# ---- the token budget beyond the window (layers issue, fix 2) --------------------------------------------------
+
+
+class _Shape:
+    """What the budget reads from a config: the shipped model's shape (2,048 context, 512 window)."""
+
+    def __init__(self, context: int = 2048, window: int | None = 512) -> None:
+        self.max_position_embeddings, self.sliding_window = context, window
+
+
+def test_budget_is_the_context_minus_the_new_tokens_not_the_window():
+    assert prompting.token_budget(_Shape(), 128) == prompting.Budget(total=1920, suffix=382)
+    assert prompting.token_budget(_Shape(window=None), 128) == prompting.Budget(total=1920, suffix=None)
+    assert prompting.token_budget(_Shape(window=4096), 128) == prompting.Budget(total=1920, suffix=None)
+    # A middle as long as the window still leaves the suffix an eighth of it.
+    assert prompting.token_budget(_Shape(), 600).suffix == 64
+
+
+def test_long_file_keeps_context_beyond_the_window_and_the_suffix_inside_it(tok, long_file):
+    prefix, suffix = long_file
+    budget = prompting.token_budget(_Shape(), 128)
+    prompt = prompting.build_prompt(tok, prefix, suffix, budget)
+    assert budget.total - 40 <= len(prompt.ids) <= budget.total  # the context is used, not just the window
+    assert len(prompt.ids) > 512
+    suffix_tokens = len(tok.encode_text(prompt.suffix))
+    assert 0 < suffix_tokens <= budget.suffix  # the prefix's end stays in view of every generated token
+    assert prefix.endswith(prompt.prefix) and suffix.startswith(prompt.suffix)
+    assert prompt.suffix.endswith("\n") and prompt.prefix.startswith("value_")  # cut at whole lines
+    assert prompt.truncation.suffix_chars_cut == len(suffix) - len(prompt.suffix) > 0
+
+
+def test_suffix_over_the_window_is_cut_even_when_the_file_fits_the_context(tok):
+    prefix, suffix = "x = 1\n" * 10, "".join(f"y_{i} = {i}\n" for i in range(400))
+    budget = prompting.Budget(total=100_000, suffix=50)
+    prompt = prompting.build_prompt(tok, prefix, suffix, budget)
+    assert prompt.prefix == prefix  # nothing else is cut
+    assert len(tok.encode_text(prompt.suffix)) <= 50 and suffix.startswith(prompt.suffix) and prompt.suffix
+
+
+def test_prompt_of_a_huge_file_costs_the_budget_not_the_file(tok):
+    """Cut by characters near the cursor first, then tokenize: a 5 MB file builds its prompt as fast as a small
+    one (the tokenizer never sees the far parts)."""
+    import time
+
+    line = "result = transform(value, scale=2, offset=3)  # a line of ordinary code\n"
+    huge = line * (5_000_000 // len(line))
+    started = time.perf_counter()
+    prompt = prompting.build_prompt(tok, huge, huge, prompting.Budget(total=400, suffix=100))
+    elapsed = time.perf_counter() - started
+    assert len(prompt.ids) <= 400 and prompt.truncation.prefix_chars_cut > 4_000_000
+    assert elapsed < 5, elapsed  # was 18 s; now bounded by the budget (a generous bound for slow machines)
+
+
+def test_each_context_file_that_fits_is_kept(tok):
+    """A big far file no longer takes the small near ones down with it."""
+    big = ContextFile("lib/a_big.py", "value = compute(1, scale=2)\n" * 400)
+    small = ContextFile("lib/z_small.py", "def helper():\n    return 1\n")
+    prompt = prompting.build_prompt(tok, "x = ", "\n", 200, "main.py", [small, big][::-1], "org/app")
+    assert prompt.truncation.dropped_context == ["lib/a_big.py"]
+    assert "lib/z_small.py" in prompt.text and len(prompt.ids) <= 200
+
+
+# ---- one pipeline for every caller (layers issue) -------------------------------------------------------------
+
+
+def _scripted_backend(ckpt, text: str):
+    from sc2cli.backends.local import LocalBackend
+
+    config, tokenizer = load_config(ckpt), Tokenizer.from_dir(ckpt)
+    loaded = Loaded(model=ScriptedModel(config, tokenizer.encode(text)), tokenizer=tokenizer, path=ckpt,
+                    name="scripted", load_seconds=0.0)
+    return LocalBackend(loaded)
+
+
+def test_fill_from_an_editors_prefix_and_suffix_without_a_file(ckpt):
+    from sc2cli.fim.pipeline import InfillRequest, fill
+
+    backend = _scripted_backend(ckpt, "return a + b\n\ndef other():<|endoftext|>")
+    request = InfillRequest.from_text("def add(a, b):\n    ", "\n\nprint(add(1, 2))\n", path="calc.py")
+    seen: list[str] = []
+    result = fill(request, backend, on_text=seen.append)
+    assert result.text == "return a + b" == "".join(seen)  # block mode ends before `def other():`
+    assert result.best.filled == b"def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n"
+    assert result.best.parses is True and result.source_parses is False  # (an empty body does not parse)
+    assert result.plan.mode == "block" and result.plan.prompt.ids[-1] == backend.tokenizer.token_id("<fim_middle>")
+
+
+def test_pipeline_errors_name_the_field_not_a_flag(ckpt):
+    from sc2cli.fim.pipeline import InfillRequest, plan
+
+    config, tokenizer = load_config(ckpt), Tokenizer.from_dir(ckpt)
+    with pytest.raises(InputError) as raised:
+        plan(InfillRequest.from_text("a", "b", mode="word"), tokenizer, config)
+    assert raised.value.field == "mode" and "--" not in str(raised.value)
+    with pytest.raises(InputError) as raised:
+        InfillRequest.from_file(b"x = 1\n", line=5)
+    assert raised.value.field == "line" and "--" not in str(raised.value)
+
+
+# ---- --write keeps a parsing file parsing (layers issue, fix 3) ------------------------------------------------
+
+
+def test_write_refuses_a_middle_that_breaks_a_parsing_file(tmp_path, home, ckpt, scripted):
+    data = b"def f(x):\n    return x\n\nprint(f(1))\n"
+    path = write(tmp_path / "m.py", data)
+    scripted("(((<|endoftext|>")
+    run = sc2([str(path), "--line", "2", "-m", str(ckpt), "-w"])
+    err = run.one_line_error(1, "unchanged", "--force")
+    assert "(((" in err and path.read_bytes() == data  # the best middle is shown; the file is untouched
+    run = sc2([str(path), "--line", "2", "-m", str(ckpt), "--diff"])
+    assert run.code == 0 and b"+    return x(((" in run.out and "no candidate keeps the file parsing" in run.err
+    run = sc2([str(path), "--line", "2", "-m", str(ckpt)])
+    assert run.code == 0 and run.out == b"(((" and "warning" in run.err
+    run = sc2([str(path), "--line", "2", "-m", str(ckpt), "-w", "--force"])
+    assert run.code == 0, run.err
+    assert path.read_bytes() == b"def f(x):\n    return x(((\n\nprint(f(1))\n"
+
+
+def test_write_of_a_file_that_never_parsed_is_not_refused(tmp_path, home, ckpt, scripted):
+    path = write(tmp_path / "broken.py", b"def f(:\n    x = \n")
+    scripted("1<|endoftext|>")
+    run = sc2([str(path), "--line", "2", "-m", str(ckpt), "-w"])
+    assert run.code == 0, run.err
+    assert path.read_bytes() == b"def f(:\n    x = 1\n"

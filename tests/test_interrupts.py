@@ -47,6 +47,7 @@ def _interrupt(process: subprocess.Popen, wait_until_ready, signum) -> tuple[byt
             process.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", SIGNALS)
 def test_signal_during_generation(signum, checkpoint, tmp_path):
     argv = ["complete", "-m", str(checkpoint), "--dtype", "float32", "--ignore-eos", "--max-new-tokens", "100000",
@@ -83,6 +84,7 @@ main()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to recognise the temporary file")
 @pytest.mark.parametrize("signum", SIGNALS)
 def test_signal_during_infill_write_leaves_the_file_untouched(signum, checkpoint, tmp_path):
@@ -117,6 +119,7 @@ def test_signal_during_infill_write_leaves_the_file_untouched(signum, checkpoint
     assert [p.name for p in folder.iterdir()] == ["app.py"]  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_closed_pipe_during_infill_ends_quietly(checkpoint, tmp_path):
     path = tmp_path / "app.py"
     path.write_bytes(b"def main():\n\n")

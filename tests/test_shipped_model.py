@@ -36,6 +36,7 @@ def test_shipped_weights_give_the_reference_logits():
         assert (ours(ids).logits - ref(ids).logits).abs().max().item() <= 1e-4  # trained weights: larger logits
 
 
+@pytest.mark.slow
 def test_main_command_prints_python_that_parses(tmp_path):
     # As the README has it (dtype auto: bfloat16 on AVX-512 CPUs, float32 elsewhere), it runs...
     readme = run_sc2(["complete", "def fibonacci(n):"], tmp_path)
@@ -48,6 +49,7 @@ def test_main_command_prints_python_that_parses(tmp_path):
     assert len(code.strip().splitlines()) >= 2  # a body, not just the prompt
 
 
+@pytest.mark.slow
 def test_line_mode_stops_at_the_end_of_the_line(tmp_path):
     result = run_sc2(["complete", "--dtype", "float32", "import os\nx = ", "--mode", "line"], tmp_path)
     assert result.returncode == 0, result.stderr.decode()

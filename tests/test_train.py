@@ -9,7 +9,7 @@ import torch
 from oracle import load_reference
 from safetensors import safe_open
 
-from sc2cli.train.trainer import data as trainset
+from sc2cli.train import data as trainset
 from sc2cli.model.transformer import Starcoder2ForCausalLM
 from sc2cli.tokenizer import SPECIAL_TOKENS, Tokenizer
 from sc2cli.train.trainer import ModelShape, TrainSettings, build_model, learning_rate, next_token_loss, train
@@ -113,6 +113,7 @@ def test_training_loss_is_the_reference_next_token_loss(tmp_path):
     assert abs(ours - theirs) <= 1e-5
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_writes_a_reference_checkpoint(corpus, tmp_path):
     out = tmp_path / "run"
     state = train(_settings(corpus, out, max_steps=12, save_every=12, eval_every=6, lr=3e-3))
@@ -134,6 +135,7 @@ def test_training_lowers_loss_and_writes_a_reference_checkpoint(corpus, tmp_path
         assert any(k.endswith("::exp_avg") for k in f.keys())
 
 
+@pytest.mark.slow
 def test_stopped_run_resumes_exactly(corpus, tmp_path):
     whole = train(_settings(corpus, tmp_path / "whole"))
     train(_settings(corpus, tmp_path / "parts"), stop_after=3)
@@ -145,6 +147,7 @@ def test_stopped_run_resumes_exactly(corpus, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_given_checkpoint(corpus, tmp_path):
     base = tmp_path / "base"
     train(_settings(corpus, base, max_steps=2))

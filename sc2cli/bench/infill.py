@@ -134,7 +134,7 @@ class Result:
 def task_prompts(tokenizer, config, tasks: Sequence[Task], max_new_tokens: int, budget: int | None = None) -> list:
     """`sc2 infill`'s prompt for each task, within the token budget that leaves room for `max_new_tokens`."""
     if budget is None:
-        budget = token_budget(config) - max_new_tokens
+        budget = token_budget(config, max_new_tokens)
     return [build_prompt(tokenizer, t.prefix, t.suffix, budget) for t in tasks]
 
 

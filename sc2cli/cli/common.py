@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 from .. import settings
@@ -53,9 +54,18 @@ def generation_job(max_new_tokens: int, num_samples: int, temperature: float, to
         raise UsageError(f"--num-samples must be at least 1 (got {num_samples})")
     sampling = sampling_params(temperature, top_k, top_p, min_p, repetition_penalty, seed)
     if prompt_lookup and not lookup_applies(sampling, num_samples):  # (one prompt: its samples are the rows)
-        raise UsageError(f"--prompt-lookup: {LOOKUP_NEEDS}")
+        raise UsageError(f"--lookup: {LOOKUP_NEEDS}")
     return GenerationJob(sampling=sampling, max_new_tokens=max_new_tokens, num_samples=num_samples,
-                         stop=tuple(stop or ()), ignore_eos=ignore_eos, prompt_lookup=prompt_lookup, decode=decode)
+                         stop=tuple(unescape(s) for s in stop or ()), ignore_eos=ignore_eos, prompt_lookup=prompt_lookup, decode=decode)
+
+
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """The usual escapes of a shell-typed string: `--stop "\\n"` arrives as backslash-n and means a newline.
+    Other backslashes stay as typed."""
+    return re.sub(r"\\(.)", lambda m: ESCAPES.get(m.group(1), m.group(0)), text)
 
 
 def sampling_params(temperature, top_k, top_p, min_p, repetition_penalty, seed):
@@ -84,7 +94,9 @@ def read_text_input(text: str | None, what: str = "prompt") -> str:
 
 
 # Flags of request fields whose name is not simply --field-name.
-FLAGS = {"truncate": "--no-truncate", "prompt": "PROMPT", "text": "TEXT", "file": "FILE"}
+# What to do about it, where the fix is a flag.
+HINTS = {"truncate": "drop --no-truncate to cut it from the left"}
+FLAGS = {"truncate": "--no-truncate", "prompt_lookup": "--lookup", "prompt": "PROMPT", "text": "TEXT", "file": "FILE"}
 
 
 def flag_message(err: InputError) -> str:
@@ -92,4 +104,5 @@ def flag_message(err: InputError) -> str:
     if isinstance(err, UsageError) or not err.field:
         return str(err)
     flag = FLAGS.get(err.field, "--" + err.field.replace("_", "-"))
-    return f"{flag}: {err}"
+    hint = HINTS.get(err.field)
+    return f"{flag}: {err}" + (f" ({hint})" if hint else "")

@@ -15,7 +15,7 @@ import typer
 
 from . import common, output
 from .options import (
-    SAMPLING_PANEL, DecodeOpt, DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, MaxNewTokensOpt, MinPOpt, ModelOpt,
+    SAMPLING_PANEL, DecodeOpt, DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, LegacyLookupOpt, MaxNewTokensOpt, MinPOpt, ModelOpt,
     NoStreamOpt, NoTruncateOpt, NumSamplesOpt, OfflineOpt, PromptLookupOpt, QuantizeOpt, RepetitionPenaltyOpt,
     RevisionOpt, SeedOpt, StopOpt, TemperatureOpt, TopKOpt, TopPOpt,
 )
@@ -31,6 +31,7 @@ def complete(
     quantize: QuantizeOpt = "none",
     decode: DecodeOpt = "auto",
     prompt_lookup: PromptLookupOpt = None,
+    legacy_lookup: LegacyLookupOpt = None,
     offline: OfflineOpt = False,
     max_new_tokens: MaxNewTokensOpt = 128,
     temperature: TemperatureOpt = 0.0,
@@ -47,13 +48,14 @@ def complete(
     no_truncate: NoTruncateOpt = False,
     mode: Annotated[str, typer.Option(
         help="auto | free | block | line: where it ends (auto: block after `def f():`, else free).",
-        rich_help_panel=SAMPLING_PANEL)] = "auto",
+        rich_help_panel=SAMPLING_PANEL, metavar="NAME")] = "auto",
 ) -> None:
     """Continue PROMPT with the model and stream the completion to stdout."""
     from ..completion import CompletionRequest, complete as run_completion, plan
 
     job = common.generation_job(max_new_tokens, num_samples, temperature, top_k, top_p, min_p, repetition_penalty,
-                                seed, stop, ignore_eos, prompt_lookup, decode)
+                                seed, stop, ignore_eos, legacy_lookup if prompt_lookup is None else prompt_lookup,
+                                decode)
     if num_samples > 1 and job.sampling.greedy:
         output.warning("-n > 1 with greedy decoding gives identical samples; add --temperature to vary them")
     request = CompletionRequest(common.read_text_input(prompt), mode=mode, truncate=not no_truncate, job=job)

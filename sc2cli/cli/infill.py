@@ -20,7 +20,7 @@ import typer
 from ..errors import Sc2Error, UsageError
 from . import common, output
 from .options import (
-    OUTPUT_PANEL, DecodeOpt, DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, MaxNewTokensOpt, MinPOpt, ModelOpt,
+    OUTPUT_PANEL, DecodeOpt, DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, LegacyLookupOpt, MaxNewTokensOpt, MinPOpt, ModelOpt,
     NoStreamOpt, NumSamplesOpt, OfflineOpt, PromptLookupOpt, QuantizeOpt, RepetitionPenaltyOpt, RevisionOpt,
     SeedOpt, StopOpt, TemperatureOpt, TopKOpt, TopPOpt,
 )
@@ -31,29 +31,29 @@ CURSOR_PANEL = "Cursor and context"
 def infill(
     file: Annotated[str, typer.Argument(help="File to fill in; '-' reads stdin.", metavar="FILE")],
     line: Annotated[Optional[int], typer.Option("--line", "-l", help="1-based line of the cursor (at its end).",
-                                                show_default=False, rich_help_panel=CURSOR_PANEL)] = None,
+                                                show_default=False, rich_help_panel=CURSOR_PANEL, metavar="INT")] = None,
     column: Annotated[Optional[int], typer.Option("--column", "-c", help="1-based column of the cursor on --line.",
-                                                  show_default=False, rich_help_panel=CURSOR_PANEL)] = None,
+                                                  show_default=False, rich_help_panel=CURSOR_PANEL, metavar="INT")] = None,
     marker: Annotated[Optional[str], typer.Option(help="The cursor is where this text is (it is removed).",
-                                                  show_default=False, rich_help_panel=CURSOR_PANEL)] = None,
+                                                  show_default=False, rich_help_panel=CURSOR_PANEL, metavar="TEXT")] = None,
     mode: Annotated[str, typer.Option(help="line | block | auto (line when code is right of the cursor).",
-                                      rich_help_panel=CURSOR_PANEL)] = "auto",
+                                      rich_help_panel=CURSOR_PANEL, metavar="NAME")] = "auto",
     context: Annotated[Optional[list[str]], typer.Option(
         "--context", help="Files or folders given as repository context (repeatable).", show_default=False,
-        rich_help_panel=CURSOR_PANEL)] = None,
+        rich_help_panel=CURSOR_PANEL, metavar="PATH")] = None,
     repo_name: Annotated[Optional[str], typer.Option("--repo-name", help="Repository name for the prompt.",
-                                                     show_default=False, rich_help_panel=CURSOR_PANEL)] = None,
+                                                     show_default=False, rich_help_panel=CURSOR_PANEL, metavar="NAME")] = None,
     check: Annotated[Optional[bool], typer.Option(
         "--check/--no-check", help="Rank candidates whose file parses first (default: on for Python).",
-        show_default=False, rich_help_panel=OUTPUT_PANEL)] = None,
+        show_default=False, rich_help_panel=OUTPUT_PANEL, metavar="")] = None,
     write: Annotated[bool, typer.Option("--write", "-w", help="Write the result into FILE (atomically).",
-                                        rich_help_panel=OUTPUT_PANEL)] = False,
+                                        rich_help_panel=OUTPUT_PANEL, metavar="")] = False,
     force: Annotated[bool, typer.Option("--force", help="--write even when the filled file no longer parses.",
-                                        rich_help_panel=OUTPUT_PANEL)] = False,
+                                        rich_help_panel=OUTPUT_PANEL, metavar="")] = False,
     diff: Annotated[bool, typer.Option("--diff", help="Print a unified diff for `patch -p1`.",
-                                       rich_help_panel=OUTPUT_PANEL)] = False,
+                                       rich_help_panel=OUTPUT_PANEL, metavar="")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the exact prompt; do not run the model.",
-                                          rich_help_panel=OUTPUT_PANEL)] = False,
+                                          rich_help_panel=OUTPUT_PANEL, metavar="")] = False,
     model: ModelOpt = None,
     revision: RevisionOpt = None,
     device: DeviceOpt = None,
@@ -61,6 +61,7 @@ def infill(
     quantize: QuantizeOpt = "none",
     decode: DecodeOpt = "auto",
     prompt_lookup: PromptLookupOpt = None,
+    legacy_lookup: LegacyLookupOpt = None,
     offline: OfflineOpt = False,
     max_new_tokens: MaxNewTokensOpt = 128,
     temperature: TemperatureOpt = 0.0,
@@ -91,7 +92,8 @@ def infill(
         output.warning("-n > 1 with greedy decoding gives identical candidates; sampling at --temperature 0.6")
         temperature = 0.6
     job = common.generation_job(max_new_tokens, num_samples, temperature, top_k, top_p, min_p, repetition_penalty,
-                                seed, stop, ignore_eos, prompt_lookup, decode)
+                                seed, stop, ignore_eos, legacy_lookup if prompt_lookup is None else prompt_lookup,
+                                decode)
     data = read_file_bytes(file)
     request = InfillRequest.from_file(
         data, line, column, marker, name="stdin" if file == "-" else file, path=file if file != "-" else "stdin",
@@ -146,18 +148,20 @@ def infill(
 def read_file_bytes(file: str) -> bytes:
     if file == "-":
         data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
-        if not data.strip():
-            raise UsageError("stdin is empty; pipe the file to fill in, or give its path")
-        return data
-    path = Path(file)
-    if path.is_dir():
-        raise UsageError(f"{file} is a directory; give a file")
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{file} does not exist; check the path") from None
-    except PermissionError:
-        raise UsageError(f"{file} cannot be read (permission denied)") from None
+    else:
+        path = Path(file)
+        if path.is_dir():
+            raise UsageError(f"{file} is a directory; give a file")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise UsageError(f"{file} does not exist; check the path") from None
+        except PermissionError:
+            raise UsageError(f"{file} cannot be read (permission denied)") from None
+    if not data.strip():
+        where = "stdin" if file == "-" else file
+        raise UsageError(f"{where} is empty; nothing to fill around (use `sc2 complete` to write new code)")
+    return data
 
 
 def check_writable(file: str) -> None:

@@ -104,6 +104,11 @@ class InfillResult:
         """The file parsed before, and no candidate's filled file does."""
         return bool(self.source_parses) and not any(c.parses for c in self.candidates)
 
+    @property
+    def text(self) -> str:
+        """The best candidate's middle."""
+        return self.best.middle
+
 
 def plan(request: InfillRequest, tokenizer: Tokenizer, config) -> InfillPlan:
     """The prompt, the mode and the indentation style of a request: everything before the model runs."""

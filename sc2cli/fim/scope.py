@@ -103,6 +103,10 @@ class MiddleFilter:
         tail = self._restyle(self.pending) if self.lines_done else self.pending
         if self.mode == "line":
             return self._trim_right_overlap(self._release("".join(h + "\n" for h in self.held) + tail))
+        if tail.strip() and self.lines_done and not self.block_from_first_code and self._leaves_block(self.pending):
+            # The generation ended (a token limit, end-of-text) inside a line that has already left the block
+            # (`def f(` at column 1): it is not part of the middle, however unfinished.
+            return self._release_held(drop_trailing_blanks=True) + self._end()
         if tail.strip() or self.lines_done == 0:
             return self._release_held() + self._release(tail)
         return self._release_held(drop_trailing_blanks=True) + self._end()

@@ -83,9 +83,10 @@ class Int8Linear(nn.Module):
     beyond.
 
     Without VNNI (AVX2, early AVX-512) fbgemm adds pairs of u8 x s8 products in a saturating 16-bit sum, which
-    8-bit activations overflow (255 * 127 * 2 > 32767: errors of ~10 on outputs of ~70 were measured). There
-    the activations are rounded to 7 bits (`reduce_range`): 127 * 127 * 2 <= 32767, so no sum saturates and
-    the result is exact for 7-bit activations, at twice the activation rounding step of the VNNI path."""
+    8-bit activations overflow (255 * 127 * 2 > 32767; on fbgemm's AVX2 kernels, errors of 3-7 were measured on
+    outputs of 11-22). There the activations are rounded to 7 bits (`reduce_range`): 127 * 127 * 2 <= 32767, so
+    no sum saturates and the result is exact for 7-bit activations (the same numbers on AVX2 and VNNI kernels),
+    at twice the activation rounding step of the VNNI path. The choice is `devices.cpu_capability().int8_vnni`."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> None:
         super().__init__()

@@ -2,7 +2,8 @@
 
 Architecture (spec §2-3): token embeddings; pre-LayerNorm decoder layers with biased q/k/v/o projections,
 grouped-query attention, half-split rotary embeddings and an optional sliding window; a GELU MLP with
-c_fc/c_proj (the GELU variant `hidden_act` names, see `ACTIVATIONS`); a final LayerNorm; an lm_head tied to the embeddings unless `tie_word_embeddings` is false.
+c_fc/c_proj (the GELU variant `hidden_act` names, see `ACTIVATIONS`); a final LayerNorm; an lm_head tied to the
+embeddings unless `tie_word_embeddings` is false.
 Module names equal the checkpoint keys, so transformers checkpoints load without a mapping table.
 The model reads no files and samples nothing: it maps (ids, positions, cache) to logits.
 """

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import sysconfig
 import time
 from collections.abc import Callable
@@ -298,9 +297,3 @@ def export(run_dir: str | Path, dest: str | Path, dtype: torch.dtype = torch.bfl
     Tokenizer.from_dir(run_dir).save(dest / "tokenizer.json")
     return dest
 
-
-if __name__ == "__main__":  # python -m sc2cli.train.trainer export RUN_DIR DEST
-    if len(sys.argv) == 4 and sys.argv[1] == "export":
-        print(export(sys.argv[2], sys.argv[3]))
-    else:
-        sys.exit("usage: python -m sc2cli.train.trainer export RUN_DIR DEST")
