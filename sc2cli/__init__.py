@@ -11,7 +11,7 @@ imported on first use, so importing the package (and `sc2 --help`) never imports
 
 from __future__ import annotations
 
-import importlib
+from .lazy import export
 
 __version__ = "0.1.0"
 
@@ -29,8 +29,4 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+    return export(globals(), _EXPORTS, name)

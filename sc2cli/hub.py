@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import Sc2Error, UsageError
+from .errors import Sc2Error, InputError
 from .settings import SHIPPED_MODEL
 
 # What a StarCoder2 checkpoint needs; *.bin / *.py / *.pt are never fetched.
@@ -50,10 +50,10 @@ def resolve(ref: str, revision: str | None = None, offline: bool = False) -> Pat
     if path.is_dir():
         return path
     if ref.startswith((".", "/", "~")) or os.sep in ref.rstrip(os.sep) and not REPO_ID.match(ref):
-        raise UsageError(f"model path {ref} does not exist; give a checkpoint folder, a Hub repo id like "
+        raise InputError(f"model path {ref} does not exist; give a checkpoint folder, a Hub repo id like "
                          f"bigcode/starcoder2-3b, or the shipped model {SHIPPED_MODEL!r}")
     if not REPO_ID.match(ref):
-        raise UsageError(
+        raise InputError(
             f"model {ref!r} is neither a folder nor a Hub repo id like bigcode/starcoder2-3b "
             f"(nor the shipped model {SHIPPED_MODEL!r})"
         )
@@ -92,5 +92,5 @@ def hub_error(err: Exception, repo_id: str, revision: str | None) -> Sc2Error:
     if isinstance(err, GatedRepoError):  # a subclass of RepositoryNotFoundError: test it first
         return Sc2Error(f"{repo_id} is gated: accept its licence on huggingface.co and set HF_TOKEN")
     if isinstance(err, RepositoryNotFoundError):
-        return UsageError(f"no model {repo_id} on the Hub (or it is private: set HF_TOKEN)")
-    return UsageError(f"{repo_id} has no revision {revision!r}")
+        return InputError(f"no model {repo_id} on the Hub (or it is private: set HF_TOKEN)")
+    return InputError(f"{repo_id} has no revision {revision!r}")

@@ -9,7 +9,7 @@ import os
 import tomllib
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import InputError
 
 SHIPPED_MODEL = "sc2-tiny"
 KEYS = {
@@ -31,7 +31,7 @@ def read_file() -> dict[str, str]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is not valid TOML ({err}); fix or delete it") from None
+        raise InputError(f"{path} is not valid TOML ({err}); fix or delete it") from None
     return {k: str(v) for k, v in data.items() if k in KEYS}
 
 
@@ -49,7 +49,7 @@ def get(key: str) -> tuple[str, str]:
 def set_value(key: str, value: str | None) -> Path:
     """Write (or with None remove) one key; the file is replaced atomically."""
     if key not in KEYS:
-        raise UsageError(f"unknown setting {key!r}; known: {', '.join(KEYS)}")
+        raise InputError(f"unknown setting {key!r}; known: {', '.join(KEYS)}")
     data = read_file()
     if value is None:
         data.pop(key, None)

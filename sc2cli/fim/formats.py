@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..tokenizer import Tokenizer
 
-FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD = "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"
+FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<fim_prefix>", "<fim_middle>", "<fim_suffix>"
 FILE_SEP, REPO_NAME, EOS = "<file_sep>", "<repo_name>", "<|endoftext|>"
 
 

@@ -50,7 +50,6 @@ class Completion:
     tokens: list[int] = field(default_factory=list)
     logprob: float = 0.0  # sum over generated tokens (stop token included)
     finish_reason: str | None = None
-    prompt_tokens: int = 0
 
     @property
     def mean_logprob(self) -> float:
@@ -266,7 +265,7 @@ def generate(
 ) -> list[Completion]:
     """Collect `stream` into one `Completion` per row; `on_step` sees each step as it happens (for streaming)."""
     completions = [
-        Completion(row=r, prompt_tokens=len(prompts[r // num_samples])) for r in range(len(prompts) * num_samples)
+        Completion(row=r) for r in range(len(prompts) * num_samples)
     ]
     for step in stream(model, tokenizer, prompts, sampling, stop, num_samples, prefill_chunk, generator,
                        prompt_lookup, decode, heal):

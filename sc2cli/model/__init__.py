@@ -6,24 +6,20 @@
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import export
 
 _EXPORTS = {
-    "Starcoder2Config": "config",
-    "preset_config": "presets",
-    "ModelOutput": "transformer",
-    "Starcoder2Model": "transformer",
-    "Starcoder2ForCausalLM": "transformer",
-    "Starcoder2PreTrainedModel": "transformer",
-    "Starcoder2ForSequenceClassification": "heads",
-    "Starcoder2ForTokenClassification": "heads",
+    "Starcoder2Config": ".config",
+    "preset_config": ".presets",
+    "ModelOutput": ".transformer",
+    "Starcoder2Model": ".transformer",
+    "Starcoder2ForCausalLM": ".transformer",
+    "Starcoder2PreTrainedModel": ".transformer",
+    "Starcoder2ForSequenceClassification": ".heads",
+    "Starcoder2ForTokenClassification": ".heads",
 }
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
+    return export(globals(), _EXPORTS, name)

@@ -30,7 +30,6 @@ class ModelOutput:
     last_hidden_state: Tensor | None = None
     loss: Tensor | None = None
     hidden_states: tuple[Tensor, ...] | None = None
-    cache: KVCache | None = None
 
 
 class Starcoder2Attention(nn.Module):
@@ -320,7 +319,6 @@ class Starcoder2Model(Starcoder2PreTrainedModel):
         return ModelOutput(
             last_hidden_state=x,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
-            cache=cache,
         )
 
 

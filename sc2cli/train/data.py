@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,8 +130,3 @@ def epoch_tensor(files: Sequence[SourceFile], tokenizer: Tokenizer, seq_len: int
     order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(seed * 1000 + epoch))
     return rows[order]
 
-
-def batches(rows: torch.Tensor, batch_size: int, start: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
-    """(next_index, batch) from row `start` on; a short final batch is dropped."""
-    for i in range(start, rows.shape[0] - batch_size + 1, batch_size):
-        yield i + batch_size, rows[i:i + batch_size].long()

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from . import data as trainset
 from .bpe import train_bpe
-from ..errors import UsageError
+from ..errors import InputError
 from ..files import atomic_write_bytes
 from ..model import Starcoder2Config, Starcoder2ForCausalLM
 from ..tokenizer import Tokenizer
@@ -110,7 +110,7 @@ def stdlib_dir() -> Path:
 def resolve_data_dir(data: str) -> Path:
     path = stdlib_dir() if data == "stdlib" else Path(data).expanduser()
     if not path.is_dir():
-        raise UsageError(f"training data folder {data} does not exist")
+        raise InputError(f"training data folder {data} does not exist")
     return path
 
 
@@ -125,7 +125,7 @@ def build_model(s: TrainSettings, tokenizer: Tokenizer) -> Starcoder2ForCausalLM
     if s.init:
         model = Starcoder2ForCausalLM.from_pretrained(s.init, dtype=torch.float32)
         if tokenizer.vocab_size > model.config.vocab_size:
-            raise UsageError("the tokenizer is larger than the model's vocabulary")
+            raise InputError("the tokenizer is larger than the model's vocabulary")
         return model
     shape = asdict(s.shape)
     shape["vocab_size"] = tokenizer.vocab_size
@@ -223,7 +223,7 @@ def train(settings: TrainSettings, resume: bool = True,
     files = trainset.collect_files(resolve_data_dir(settings.data))
     train_files, heldout_files = trainset.split_files(files, settings.heldout_fraction)
     if not train_files:
-        raise UsageError(f"no Python source files found in {settings.data}")
+        raise InputError(f"no Python source files found in {settings.data}")
 
     if resume and state_path.is_file():
         saved = json.loads(state_path.read_text())
@@ -246,8 +246,8 @@ def train(settings: TrainSettings, resume: bool = True,
     eval_rows = trainset.epoch_tensor(heldout_files, tokenizer, s.seq_len, s.seed, 0, s.repo_name, s.fim_rate)[: s.eval_rows]
     rows = trainset.epoch_tensor(train_files, tokenizer, s.seq_len, s.seed, state.epoch, s.repo_name, s.fim_rate)
     if rows.shape[0] < s.batch_size:
-        raise UsageError(f"the training data gives {rows.shape[0]} sequences of {s.seq_len} tokens; "
-                         f"need at least --batch-size {s.batch_size}")
+        raise InputError(f"the training data gives {rows.shape[0]} sequences of {s.seq_len} tokens, fewer than "
+                         f"one batch of {s.batch_size}", field="batch_size")
     limit = s.max_steps if stop_after is None else min(s.max_steps, state.step + stop_after)
     tokens_per_step = s.batch_size * s.grad_accum * s.seq_len
     while state.step < limit:
