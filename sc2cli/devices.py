@@ -96,6 +96,30 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def configured(device: str | None, dtype: str | None) -> tuple[str, str]:
+    """The device and dtype a command was given, else the user's settings (environment, then config file). A
+    setting that cannot run here is an error naming where it came from (and no field: the user gave none)."""
+    from . import settings
+
+    if device is None:
+        device, source = settings.get("device")
+        if source != "default":
+            try:
+                resolve_device(device)
+            except InputError as err:
+                raise InputError(f"the device {device!r} from {source} cannot be used here: {err}") from None
+    if dtype is None:
+        dtype, source = settings.get("dtype")
+        if source != "default" and dtype != "auto":
+            try:
+                resolve_dtype(dtype, resolve_device(device))
+            except InputError as err:
+                if err.field != "dtype":  # the given device's own problem
+                    raise
+                raise InputError(f"the dtype {dtype!r} from {source} cannot be used here: {err}") from None
+    return device, dtype
+
+
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend and backend.is_available())

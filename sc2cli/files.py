@@ -1,4 +1,4 @@
-"""File safety: nothing the user owns is ever half-written."""
+"""File safety: nothing the user owns is ever half-written, and links stay what they were."""
 
 from __future__ import annotations
 
@@ -7,11 +7,33 @@ import stat
 import tempfile
 from pathlib import Path
 
+from .errors import Sc2Error
+
+
+def write_target(path: str | Path) -> Path:
+    """The file a write to `path` replaces: through symbolic links, the file they name (so the link stays a link)."""
+    return Path(os.path.realpath(path))
+
+
+def hard_link_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be replaced atomically without splitting it from its other names (None when it can)."""
+    target = write_target(path)
+    links = target.stat().st_nlink if target.exists() else 1
+    if links > 1:
+        return (f"{path} has {links} hard links: replacing it atomically would leave the other names with the old "
+                "text")
+    return None
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, keep the original's permissions, then
-    rename over the original. An error or interrupt at any point leaves the original untouched."""
-    path = Path(path)
+    """Write to a temporary file beside the target, flush it to disk, keep the original's permissions, then
+    rename over the original. An error or interrupt at any point leaves the original untouched. A symbolic link is
+    written through (the file it names is replaced); a file with several hard links is refused, since the rename
+    would split it from its other names."""
+    problem = hard_link_problem(path)
+    if problem:
+        raise Sc2Error(f"cannot write {problem}; it is unchanged")
+    path = write_target(path)
     mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".sc2tmp", dir=path.parent)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from checkpoints import make_checkpoint
 from cli_helpers import assert_one_line_error, isolated_env, run_sc2, sc2_command
 from typer.testing import CliRunner
 
+import sc2cli
 from sc2cli.cli import app
 from sc2cli.cli.completions import SHELLS, script
 from sc2cli.generation.engine import StopConditions, generate
@@ -296,3 +298,32 @@ def test_block_mode_never_returns_code_past_the_block_at_the_token_limit():
         out, stopped = middle.feed("\n    return x" + cut)
         assert not stopped
         assert out + middle.flush() == "\n    return x\n", cut
+
+
+@pytest.mark.slow
+def test_json_describes_exactly_the_returned_text(home):
+    """The README's example ends at the block: `tokens`, `completion_tokens` and `logprob` are those of `text`,
+    not of the code cut after it (47 tokens were reported for 36 of text)."""
+    from sc2cli.tokenizer import Tokenizer
+
+    result = run_sc2(["complete", "--dtype", "float32", "--json", "def fibonacci(n):"], home)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    choice = data["choices"][0]
+    tokenizer = Tokenizer.from_dir(Path(sc2cli.__file__).parent / "shipped" / "sc2-tiny")
+    assert tokenizer.decode(choice["tokens"]) == choice["text"]
+    assert data["usage"]["completion_tokens"] == len(choice["tokens"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", ["99999999999999999999999", "-1"])
+def test_seed_out_of_range_is_a_usage_error(seed, checkpoint, tmp_path):
+    result = run_sc2(["complete", "-m", str(checkpoint), "--seed", seed, "--temperature", "0.5", "x"], tmp_path)
+    assert_one_line_error(result, 2, "--seed", "18446744073709551615")
+
+
+def test_make_run_passes_the_prompt_through_the_environment():
+    """`make run PROMPT='s = "it's"'` keeps quotes and apostrophes: the recipe never pastes PROMPT into a shell line."""
+    makefile = (Path(sc2cli.__file__).parent.parent / "Makefile").read_text()
+    recipe = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    assert "export PROMPT" in makefile and '"$$PROMPT"' in recipe and "$(PROMPT)" not in recipe

@@ -997,3 +997,103 @@ def test_write_of_a_file_that_never_parsed_is_not_refused(tmp_path, home, ckpt, 
     run = sc2([str(path), "--line", "2", "-m", str(ckpt), "-w"])
     assert run.code == 0, run.err
     assert path.read_bytes() == b"def f(:\n    x = 1\n"
+
+
+# ---- defects found by a new user (issue: twenty defects) --------------------------------------------------------
+
+
+def test_block_mode_at_the_token_limit_writes_nothing_past_the_block(tmp_path, home, ckpt, scripted):
+    """The generation ends (token limit) inside `def main():`, a line that has left the block: not written."""
+    data = b"def f(x):\n    y = x * 2\n\n\nprint(f(2))\n"
+    path = write(tmp_path / "c2.py", data)
+    scripted("    return y\n\ndef main():\n    f(3)\n")
+    run = sc2([str(path), "--line", "3", "-m", str(ckpt), "--max-new-tokens", "6", "-w"])
+    assert run.code == 0, run.err
+    assert path.read_bytes() == b"def f(x):\n    y = x * 2\n    return y\n\nprint(f(2))\n"  # line 3 filled
+
+
+@pytest.mark.parametrize("cursor_line, script", [
+    ("", "        y = x + 1\n        z = y * 2\n"),  # a blank line at column 1: the model writes the indentation
+    ("\t\t", "y = x + 1\n        z = y * 2\n"),  # the line's tabs already there: the next line in spaces
+    ("\t", "    y = x + 1\n        z = y * 2\n"),  # one tab left of the cursor, the rest in spaces
+])
+def test_tab_indented_files_get_tabs_on_every_inserted_line(tmp_path, home, ckpt, scripted, cursor_line, script):
+    data = f"class A:\n\tdef m(self, x):\n{cursor_line}\n\t\treturn z\n".encode()
+    path = write(tmp_path / "tabs.py", data)
+    scripted(script)
+    run = sc2([str(path), "--line", "3", "-m", str(ckpt), "-w"])
+    assert run.code == 0, run.err
+    assert path.read_bytes() == b"class A:\n\tdef m(self, x):\n\t\ty = x + 1\n\t\tz = y * 2\n\t\treturn z\n"
+
+
+def test_write_through_a_symbolic_link_keeps_the_link(tmp_path, home, ckpt, scripted):
+    target = write(tmp_path / "real" / "m.py", b"def f(x):\n    return \n")
+    link = tmp_path / "link.py"
+    link.symlink_to(target)
+    scripted("x<|endoftext|>")
+    run = sc2([str(link), "--line", "2", "-m", str(ckpt), "-w"])
+    assert run.code == 0, run.err
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert target.read_bytes() == b"def f(x):\n    return x\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.py"]  # no temporary file left beside it
+
+
+def test_write_refuses_to_split_hard_links(tmp_path, home, ckpt, scripted):
+    data = b"def f(x):\n    return \n"
+    first = write(tmp_path / "a.py", data)
+    second = tmp_path / "b.py"
+    os.link(first, second)
+    scripted("x<|endoftext|>")
+    sc2([str(first), "--line", "2", "-m", str(ckpt), "-w"]).one_line_error(1, "2 hard links", "unchanged")
+    assert first.read_bytes() == second.read_bytes() == data and os.stat(first).st_ino == os.stat(second).st_ino
+    with pytest.raises(files.Sc2Error, match="hard links"):
+        files.atomic_write_bytes(second, b"x")  # the library refuses too
+    assert second.read_bytes() == data
+
+
+def test_tokens_and_logprob_describe_exactly_the_middle(ckpt):
+    """Tokens whose text the block filter cut (`def g():` after the body) are not the middle's."""
+    from sc2cli.fim.pipeline import InfillRequest, fill
+
+    backend = _scripted_backend(ckpt, "return x\n\ndef g():\n    pass\n<|endoftext|>")
+    result = fill(InfillRequest.from_text("def f(x):\n    ", "\n", path="m.py"), backend)
+    best = result.best
+    assert best.middle == "return x" == backend.tokenizer.decode(best.tokens)
+    completion = result.run.completions[0]
+    assert completion.tokens == best.tokens and completion.finish_reason == "stop"
+    assert best.mean_logprob == pytest.approx(completion.logprob / len(best.tokens))
+
+
+def test_diff_paths_are_relative_to_the_current_folder(tmp_path, home, ckpt, scripted, monkeypatch):
+    data = b"def f(x):\n    return \n"
+    path = write(tmp_path / "work" / "pkg" / "m.py", data)
+    scripted("x<|endoftext|>")
+    monkeypatch.chdir(tmp_path / "work")
+    for typed in (str(path), "pkg/../pkg/m.py", "./pkg/m.py"):  # absolute, with .., with ./
+        run = sc2([typed, "--line", "2", "-m", str(ckpt), "--diff"])
+        assert run.code == 0, run.err
+        assert run.out.startswith(b"--- a/pkg/m.py\n+++ b/pkg/m.py\n"), (typed, run.out)
+    applied = subprocess.run(["patch", "-p1", "--quiet"], input=run.out, cwd=tmp_path / "work", capture_output=True,
+                             timeout=30)
+    assert applied.returncode == 0 and path.read_bytes() == b"def f(x):\n    return x\n"
+    monkeypatch.chdir(tmp_path / "work" / "pkg")
+    outside = write(tmp_path / "elsewhere" / "o.py", data)
+    run = sc2([str(outside), "--line", "2", "-m", str(ckpt), "--diff"])
+    assert run.code == 0 and "outside the current folder" in run.err
+    assert run.out.startswith(f"--- a{outside}\n".encode())  # from / : `patch -p1 -d /` applies it
+
+
+@pytest.mark.parametrize("args", [["--line", "1", "--column", "1"], ["--marker", "<C>"]])
+def test_byte_order_mark_stays_first_and_is_no_column(tmp_path, home, ckpt, scripted, args):
+    bom = b"\xef\xbb\xbf"
+    data = bom + (b"<C>" if "--marker" in args else b"") + b"x = 1\n"
+    path = write(tmp_path / "bom.py", data)
+    scripted("import os\n<|endoftext|>")
+    run = sc2([str(path), *args, "-m", str(ckpt), "-w", "--mode", "block"])
+    assert run.code == 0, run.err
+    assert path.read_bytes() == bom + b"import os\nx = 1\n"
+    source = fim_source.SourceText.from_bytes(bom + b"x = 1\n")
+    cursor = fim_source.cursor_at(source, 1, 1)
+    assert cursor.column == 1 and fim_source.split_at(source, cursor) == ("", "x = 1\n")  # the model sees no BOM
+    with pytest.raises(InputError, match="column 7 is outside line 1"):
+        fim_source.cursor_at(source, 1, 7)  # "x = 1" has 5 characters: 1..6

@@ -26,7 +26,8 @@ def load_model(model: str | None, revision: str | None, device: str | None, dtyp
     from ..checkpoint import load_model as load
 
     checkpoint = checkpoint or open_checkpoint(model, revision, offline)
-    loaded = load(checkpoint, device=device or settings.get("device")[0], dtype=dtype or settings.get("dtype")[0],
+    from ..devices import configured  # the settings' device and dtype where none is given (a bad one names its source)
+    loaded = load(checkpoint, *configured(device, dtype),
                   quantize=quantize, model_class=model_class)
     if sys.stderr.isatty():
         m = loaded.model

@@ -165,15 +165,20 @@ def read_file_bytes(file: str) -> bytes:
 
 
 def check_writable(file: str) -> None:
-    """Fail before running the model when the result could not be written."""
-    path = Path(file)
+    """Fail before running the model when the result could not be written safely."""
+    from ..files import hard_link_problem, write_target
+
+    path = write_target(file)  # through a symbolic link: the file it names is what gets replaced
     # Root passes os.access whatever the mode, and the atomic rename would replace the file anyway: a file with
     # no write bit at all is read-only for everyone.
     if not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222:
         raise Sc2Error(f"cannot write {file}: it is read-only (the file is unchanged); make it writable "
                        f"(chmod u+w) or drop --write to print the result")
-    if not os.access(path.resolve().parent, os.W_OK | os.X_OK):
+    if not os.access(path.parent, os.W_OK | os.X_OK):
         raise Sc2Error(f"cannot write {file}: its folder is read-only, so no safe temporary file can be made")
+    problem = hard_link_problem(file)
+    if problem:
+        raise Sc2Error(f"cannot --write: {problem}; the file is unchanged (drop --write to print the middle)")
 
 
 def write_result(file: str, data: bytes) -> None:

@@ -1,18 +1,26 @@
 """`sc2 train`: train a StarCoder2 model from scratch, or fine-tune a checkpoint, on a folder of source files.
 
 Examples:
-  sc2 train stdlib --out runs/sc2-tiny                 # the shipped model's recipe (`make tiny-model`)
+  sc2 train stdlib --out runs/sc2-tiny                 # the shipped model's recipe (`make tiny-model`): the defaults
   sc2 train ~/code/myproject --init bigcode/starcoder2-3b --out runs/mine --max-steps 500 --lr 2e-5
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Optional
 
 import typer
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from . import output
+
+# The shipped model's recipe is these defaults: `sc2 train stdlib --out runs/sc2-tiny` is what `make tiny-model`
+# runs and what the README quotes (tests/test_train_config_defects.py checks that the three agree).
+RECIPE_MAX_STEPS = 5000
+# Options named otherwise than the trainer's setting (the others are the setting's name with dashes).
+OPTIONS = {"num_hidden_layers": "layers", "num_attention_heads": "heads", "num_key_value_heads": "kv_heads",
+           "max_position_embeddings": "max_positions"}
 
 
 def train(
@@ -20,7 +28,7 @@ def train(
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder: checkpoint, optimizer and state.")],
     init: Annotated[Optional[str], typer.Option(
         help="Checkpoint to fine-tune (folder or Hub id); default: train from scratch.", show_default=False)] = None,
-    max_steps: Annotated[int, typer.Option("--max-steps", help="Optimizer steps in total.")] = 4000,
+    max_steps: Annotated[int, typer.Option("--max-steps", help="Optimizer steps in total.")] = RECIPE_MAX_STEPS,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per micro-batch.")] = 16,
     grad_accum: Annotated[int, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")] = 1,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per training sequence.")] = 512,
@@ -75,12 +83,42 @@ def train(
                              grad_accum=grad_accum, max_steps=max_steps, lr=lr, warmup_steps=warmup_steps, seed=seed,
                              save_every=save_every, eval_every=eval_every, shape=shape, device=device,
                              snapshot_every=snapshot_every)
-    with _progress(max_steps) as report:
-        state = run_training(settings, resume=not restart, on_progress=report)
+    try:
+        with _progress(max_steps) as report:
+            state = run_training(settings, resume=not restart, on_progress=report, on_note=output.warning)
+    except InputError as err:
+        raise _worded(err) from None
     last = state.history[-1] if state.history else None
     output.status(f"done: step {state.step}, {state.tokens_seen:,} tokens, {state.seconds / 60:.1f} min of training"
                   + (f", last loss {last[2]:.3f}" if last else ""))
     output.write(f"{out}\n")
+
+
+def _option(name: str) -> str | None:
+    """The option (or argument) of a trainer setting; None for settings the command does not offer."""
+    if name == "data":
+        return "DATA"
+    option = OPTIONS.get(name, name)
+    return f"--{option.replace('_', '-')}" if option in inspect.signature(train).parameters else None
+
+
+def _worded(err: InputError) -> InputError:
+    """A trainer error in this command's terms: its options for the trainer's setting names."""
+    from ..train.trainer import SavedRunMismatch, label
+
+    if isinstance(err, SavedRunMismatch):
+        def setting(name, value):
+            return f"{_option(name) or label(name)} {value}"
+
+        started = " ".join(setting(name, saved) for name, saved, _ in err.differences)
+        asked = " ".join(setting(name, value) for name, _, value in err.differences)
+        return UsageError(f"--out: {err.out} holds a run started with {started}, not {asked}; a stopped run resumes "
+                          f"only with the settings it started with: rerun with those, or start over with a new --out, "
+                          f"by deleting {err.out}, or with --restart")
+    if isinstance(err, UsageError) or not err.field:
+        return err
+    option = _option(err.field) or ""
+    return InputError(str(err), field=option[2:].replace("-", "_") if option.startswith("--") else None)
 
 
 class _progress:
@@ -104,7 +142,8 @@ class _progress:
         return self.report
 
     def report(self, state, loss: float, tokens_per_s: float) -> None:
-        heldout = state.history[-1][3]
+        row = state.history[-1]
+        heldout = row[3] if len(row) > 3 else None  # measured on this step
         info = f"loss {loss:.3f}" + (f" held-out {heldout:.3f}" if heldout is not None else "") + f" {tokens_per_s:,.0f} tok/s"
         if self.live:
             self.bar.update(self.task, completed=state.step, info=info)

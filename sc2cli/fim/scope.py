@@ -100,7 +100,7 @@ class MiddleFilter:
         if self.stopped:
             return ""
         self.stopped = True
-        tail = self._restyle(self.pending) if self.lines_done else self.pending
+        tail = self._restyle(self.pending) if self.lines_done else self._restyle_first(self.pending)
         if self.mode == "line":
             return self._trim_right_overlap(self._release("".join(h + "\n" for h in self.held) + tail))
         if tail.strip() and self.lines_done and not self.block_from_first_code and self._leaves_block(self.pending):
@@ -114,7 +114,7 @@ class MiddleFilter:
     def _complete_line(self, line: str) -> str:
         first = self.lines_done == 0
         self.lines_done += 1
-        text = line if first else self._restyle(line)
+        text = self._restyle_first(line) if first else self._restyle(line)
         has_code = bool(line.strip())
         if self.mode == "line":
             if has_code:
@@ -174,6 +174,18 @@ class MiddleFilter:
     def _continues_suffix(self, line: str) -> bool:
         k = sum(1 for h in self.held if h.strip())
         return k < len(self.suffix_lines) and line.strip() == self.suffix_lines[k]
+
+    def _restyle_first(self, line: str) -> str:
+        """The first line continues the cursor's line: only when that line is blank so far does the generated text
+        set its indentation, and then it takes the file's style too (the whitespace already left of the cursor
+        stays as it is)."""
+        indent = _INDENT.match(line).group()
+        if not (self.cursor_line_blank and indent):
+            return line
+        whole = self.style.convert(self.cursor_line + indent)
+        if whole.startswith(self.cursor_line):
+            return whole[len(self.cursor_line):] + line[len(indent):]
+        return self.style.convert(indent) + line[len(indent):]
 
     def _restyle(self, line: str) -> str:
         indent = _INDENT.match(line).group()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ..errors import InputError
 
 BINARY_SNIFF = 8192
+BOM = "\ufeff"  # a UTF-8 byte-order mark, as decoded: it stays first in the file and is not shown to the model
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ def cursor_at(source: SourceText, line: int, column: int | None = None) -> Curso
         return Cursor(line, 1, len(raw), append=not raw.endswith("\n"))
     start = sum(len(x) + 1 for x in lines[: line - 1])
     content = lines[line - 1].removesuffix("\r")
+    if line == 1 and content.startswith(BOM):  # a byte-order mark is no column: the cursor never goes before it
+        start, content = 1, content[1:]
     if column is None:
         return Cursor(line, len(content) + 1, start + len(content))
     if not 1 <= column <= len(content) + 1:
@@ -90,7 +93,7 @@ def cursor_at_marker(source: SourceText, marker: str) -> tuple[SourceText, Curso
     data = (raw[:index] + raw[index + len(marker):]).encode("utf-8", errors="surrogateescape")
     stripped = SourceText(data, source.crlf)
     line = raw.count("\n", 0, index) + 1
-    column = index - (raw.rfind("\n", 0, index) + 1) + 1
+    column = index - (raw.rfind("\n", 0, index) + 1) + 1 - (line == 1 and raw.startswith(BOM))
     return stripped, Cursor(line, column, index)
 
 
@@ -100,7 +103,7 @@ def split_at(source: SourceText, cursor: Cursor) -> tuple[str, str]:
     prefix, suffix = raw[: cursor.offset], raw[cursor.offset:]
     if cursor.append:
         prefix += "\n"
-    return _model_text(prefix), _model_text(suffix)
+    return _model_text(prefix).removeprefix(BOM), _model_text(suffix)
 
 
 def _model_text(text: str) -> str:

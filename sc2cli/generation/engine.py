@@ -41,6 +41,7 @@ class Step:
     text: str
     logprob: float
     finish_reason: str | None = None  # "stop" or "length" on the row's last step
+    raw: str = ""  # the token's own text as decoded, before healing, stop strings and filters
 
 
 @dataclass
@@ -165,19 +166,22 @@ def stream(
         """The step of the row's t-th new token (0-based); marks the row finished when it ends there."""
         if token in stop.token_ids:
             active[row] = False
-            return Step(row, token, _flush(detokenizers[row], matchers[row]), logprob, "stop")
-        text = detokenizers[row].add(token) if detokenizers[row] else ""
+            tail, text = _flush(detokenizers[row], matchers[row])
+            return Step(row, token, text, logprob, "stop", raw=tail)
+        raw = detokenizers[row].add(token) if detokenizers[row] else ""
+        text = raw
         if healer is not None:
             healer.advance(row, token)
             text = healer.strip(row, text)
         text, hit = matchers[row].feed(text)
         if hit:
             active[row] = False
-            return Step(row, token, text, logprob, "stop")
+            return Step(row, token, text, logprob, "stop", raw=raw)
         if t == new_tokens - 1 or prompt_lengths[row] + t + 1 >= limit:
             active[row] = False
-            return Step(row, token, text + _flush(detokenizers[row], matchers[row]), logprob, "length")
-        return Step(row, token, text, logprob)
+            tail, rest = _flush(detokenizers[row], matchers[row])
+            return Step(row, token, text + rest, logprob, "length", raw=raw + tail)
+        return Step(row, token, text, logprob, raw=raw)
 
     decode = resolve_mode(decode, model)
     decode_step = None  # built at the first decoded token, so a CUDA graph's capture never delays the first one
@@ -242,11 +246,35 @@ def stream(
         logits = all_logits[accepted][None]
 
 
-def _flush(detokenizer: IncrementalDetokenizer | None, matcher: TextFilter) -> str:
-    """Text still held back when a row ends (a partial character or a partial stop string)."""
+def _flush(detokenizer: IncrementalDetokenizer | None, matcher: TextFilter) -> tuple[str, str]:
+    """(the decoded text still pending, the final text still held back) when a row ends: a partial character, a
+    partial stop string, lines a filter held."""
     tail = detokenizer.flush() if detokenizer else ""
     text, _ = matcher.feed(tail)
-    return text + matcher.flush()
+    return tail, text + matcher.flush()
+
+
+def kept_token_count(raws: Sequence[str], text: str, healed: str = "") -> int:
+    """How many of a row's tokens (`raws`: each one's decoded text) the returned `text` is made of. Stop strings
+    and the line/block filters cut the text, and filters re-indent lines, but none adds or changes code or line
+    breaks: so the answer is the fewest tokens whose text, after the healed whitespace, holds as many
+    non-whitespace characters and newlines as `text` does."""
+    need_code = sum(not ch.isspace() for ch in text)
+    need_lines = text.count("\n")
+    if need_code == need_lines == 0:
+        return 0
+    code = lines = 0
+    skip = len(healed)
+    for k, raw in enumerate(raws, 1):
+        for ch in raw:
+            if skip:
+                skip -= 1
+                continue
+            code += not ch.isspace()
+            lines += ch == "\n"
+        if code >= need_code and lines >= need_lines:
+            return k
+    return len(raws)
 
 
 def generate(
@@ -263,18 +291,33 @@ def generate(
     decode: str = "auto",
     heal: str = "",
 ) -> list[Completion]:
-    """Collect `stream` into one `Completion` per row; `on_step` sees each step as it happens (for streaming)."""
-    completions = [
-        Completion(row=r) for r in range(len(prompts) * num_samples)
-    ]
+    """Collect `stream` into one `Completion` per row; `on_step` sees each step as it happens (for streaming).
+    Each completion's tokens and logprob describe exactly its text: tokens whose text a stop string or a filter
+    cut are not counted (nor then is a stop token's logprob)."""
+    rows = len(prompts) * num_samples
+    completions = [Completion(row=r) for r in range(rows)]
+    raws: list[list[str]] = [[] for _ in range(rows)]
+    logprobs: list[list[float]] = [[] for _ in range(rows)]
     for step in stream(model, tokenizer, prompts, sampling, stop, num_samples, prefill_chunk, generator,
                        prompt_lookup, decode, heal):
         c = completions[step.row]
         c.text += step.text
-        c.logprob += step.logprob
-        if not (step.finish_reason == "stop" and step.token in stop.token_ids):
+        if step.finish_reason == "stop" and step.token in stop.token_ids:
+            if raws[step.row]:
+                raws[step.row][-1] += step.raw  # a character the stop token completed belongs to the one before
+            c.logprob = sum(logprobs[step.row]) + step.logprob
+        else:
             c.tokens.append(step.token)
+            raws[step.row].append(step.raw)
+            logprobs[step.row].append(step.logprob)
+            c.logprob = sum(logprobs[step.row])
         c.finish_reason = step.finish_reason
         if on_step is not None:
             on_step(step)
+    if tokenizer is not None:
+        for c in completions:
+            kept = kept_token_count(raws[c.row], c.text, heal)
+            if kept < len(c.tokens):
+                c.tokens = c.tokens[:kept]
+                c.logprob = sum(logprobs[c.row][:kept])
     return completions

@@ -16,6 +16,9 @@ import torch
 _NEG_INF = float("-inf")
 
 
+MAX_SEED = 2**64 - 1  # what a torch.Generator holds
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.0  # 0 => greedy
@@ -41,8 +44,9 @@ class SamplingParams:
             raise ValueError(f"min_p must be in [0, 1] (got {mp})")
         if not (math.isfinite(rp) and rp > 0):
             raise ValueError(f"repetition_penalty must be a finite number > 0 (got {rp})")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ValueError(f"seed must be an integer (got {self.seed!r})")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed <= MAX_SEED):
+            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED} (got {self.seed!r})")
 
     @property
     def greedy(self) -> bool:

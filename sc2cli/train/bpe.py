@@ -7,10 +7,22 @@ from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from ..errors import InputError
 from ..tokenizer import SPECIAL_TOKENS
+
+# The smallest vocabulary there is: the special tokens and one token per byte (the initial alphabet). The trainer
+# never goes below it, so a smaller request would silently become this size.
+MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
+
+
+def check_vocab_size(vocab_size: int) -> None:
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise InputError(f"the vocabulary must hold at least {MIN_VOCAB_SIZE} tokens ({len(SPECIAL_TOKENS)} special "
+                         f"tokens and one per byte), got {vocab_size}", field="vocab_size")
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    check_vocab_size(vocab_size)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
