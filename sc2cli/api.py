@@ -17,7 +17,7 @@ from .completion import CompletionRequest, CompletionResult
 from .completion import complete as run_completion
 from .fim.formats import ContextFile
 from .fim.pipeline import InfillRequest, InfillResult, fill
-from .generation.sampling import SamplingParams
+from .generation.params import SamplingParams
 from .settings import SHIPPED_MODEL
 
 

@@ -51,7 +51,7 @@ def load_tokenizer(path: Path, vocab_size: int | None = None) -> Tokenizer:
 
 
 def load_config(path: Path):
-    from .model.weights import read_config
+    from .model.config import read_config
 
     return read_config(Path(path))
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ..generation.engine import Completion, Step
-from ..generation.sampling import SamplingParams
-from ..generation.stopping import TextFilter
-from ..tokenizer import Tokenizer
+from ..generation.params import SamplingParams
+
+if TYPE_CHECKING:  # (a request is built before torch is imported: a dry run never imports it)
+    from ..generation.engine import Completion, Step
+    from ..generation.stopping import TextFilter
+    from ..tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from dataclasses import replace
 from ..checkpoint import Loaded
 from ..errors import InputError
 from ..generation.decode import resolve_mode
-from ..generation.engine import LOOKUP_NEEDS, StopConditions, Step, generate, lookup_applies
+from ..generation.engine import StopConditions, Step, generate
+from ..generation.lookup import LOOKUP_NEEDS, lookup_applies
 from ..generation.sampling import make_generator
 from ..tokenizer import boundary_token_ids
 from .base import GenerationJob, GenerationRun

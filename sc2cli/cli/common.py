@@ -47,7 +47,7 @@ def generation_job(max_new_tokens: int, num_samples: int, temperature: float, to
                    ignore_eos: bool, prompt_lookup: bool | None, decode: str):
     """The options of `complete` and `infill` as a generation job, checked before any model is loaded."""
     from ..backends.base import GenerationJob
-    from ..generation.engine import LOOKUP_NEEDS, lookup_applies
+    from ..generation.lookup import LOOKUP_NEEDS, lookup_applies
 
     if max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
@@ -70,7 +70,7 @@ def unescape(text: str) -> str:
 
 
 def sampling_params(temperature, top_k, top_p, min_p, repetition_penalty, seed):
-    from ..generation.sampling import SamplingParams
+    from ..generation.params import SamplingParams
 
     try:
         return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,

@@ -17,21 +17,12 @@ from torch import Tensor
 from ..model.cache import KVCache
 from .decode import GRAPH_MODES, make_step, resolve_mode
 from .healing import Healer
-from .lookup import PromptLookup
+from .lookup import LOOKUP_NEEDS, PromptLookup, lookup_applies
 from .sampling import SamplingParams, make_generator, process_logits, sample, token_logprobs
 from .stopping import Chain, StopStringMatcher, TextFilter
 from ..tokenizer import IncrementalDetokenizer, Tokenizer
 
 DEFAULT_PREFILL_CHUNK = 512
-LOOKUP_NEEDS = ("prompt lookup keeps the drafts greedy decoding would choose: it needs one greedy completion "
-                "(temperature 0, one sample, one prompt) without a repetition penalty")
-
-
-def lookup_applies(sampling: SamplingParams, rows: int) -> bool:
-    """Whether checking drafts in one pass gives the tokens decoding one at a time would (see LOOKUP_NEEDS)."""
-    return rows == 1 and sampling.greedy and sampling.repetition_penalty == 1.0
-
-
 @dataclass
 class Step:
     """One generated token of one row. `text` is the new, final text (stop strings and special tokens removed)."""

@@ -15,6 +15,14 @@ MAX_NGRAM = 3
 MIN_NGRAM = 2  # single-token matches ("(", "self") are everywhere and mostly wrong guesses
 DRAFT_TOKENS = 8
 
+LOOKUP_NEEDS = ("prompt lookup keeps the drafts greedy decoding would choose: it needs one greedy completion "
+                "(temperature 0, one sample, one prompt) without a repetition penalty")
+
+
+def lookup_applies(sampling, rows: int) -> bool:
+    """Whether checking drafts in one pass gives the tokens decoding one at a time would (see LOOKUP_NEEDS)."""
+    return rows == 1 and sampling.greedy and sampling.repetition_penalty == 1.0
+
 
 class PromptLookup:
     """The token history and, for each n-gram size, where each n-gram last ended (the index of its follower)."""

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..errors import CheckpointError
+
 DEFAULT_THETA = 10000.0
 
 # Field -> default, exactly as the reference class (spec §1.1). Order is the order written to config.json.
@@ -361,3 +363,17 @@ def _validate_rope(params: dict[str, Any], head_size: int) -> None:
             values = params[key]
             if not isinstance(values, list) or len(values) != head_size // 2 or not all(map(_is_number, values)):
                 raise ValueError(f"config field 'rope_parameters.{key}' must be a list of {head_size // 2} numbers")
+
+
+NOT_A_CHECKPOINT = "is it a StarCoder2 checkpoint? (a folder with config.json, model.safetensors and tokenizer.json)"
+
+
+def read_config(directory: Path) -> Starcoder2Config:
+    """config.json of a checkpoint folder, every problem as one CheckpointError naming the file."""
+    try:
+        return Starcoder2Config.from_pretrained(directory)
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory} has no config.json; {NOT_A_CHECKPOINT}") from None
+    except ValueError as err:  # unreadable or invalid config.json, or another model type
+        message, config_path = str(err), str(directory / "config.json")
+        raise CheckpointError(message if config_path in message else f"{config_path}: {message}") from None

@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .config import Starcoder2Config
+from .config import Starcoder2Config, read_config
 from ..errors import CheckpointError
 
 SINGLE_FILE = "model.safetensors"
@@ -157,20 +157,6 @@ def _tolerated_extras(model: nn.Module, keys: set[str]) -> set[str]:
     if getattr(model, "base_model_prefix", None) == "":
         extras |= {k for k in keys if not k.startswith("model.") and k in ("lm_head.weight", "score.weight", "score.bias")}
     return extras
-
-
-NOT_A_CHECKPOINT = "is it a StarCoder2 checkpoint? (a folder with config.json, model.safetensors and tokenizer.json)"
-
-
-def read_config(directory: Path) -> Starcoder2Config:
-    """config.json of a checkpoint folder, every problem as one CheckpointError naming the file."""
-    try:
-        return Starcoder2Config.from_pretrained(directory)
-    except FileNotFoundError:
-        raise CheckpointError(f"{directory} has no config.json; {NOT_A_CHECKPOINT}") from None
-    except ValueError as err:  # unreadable or invalid config.json, or another model type
-        message, config_path = str(err), str(directory / "config.json")
-        raise CheckpointError(message if config_path in message else f"{config_path}: {message}") from None
 
 
 def load_pretrained(cls, path, dtype: torch.dtype | None = None, device=None, config: Starcoder2Config | None = None,
