@@ -25,6 +25,40 @@ def hard_link_problem(path: str | Path) -> str | None:
     return None
 
 
+def check_replaceable(path: str | Path) -> None:
+    """Fail before any work when `path` could not be replaced safely: read-only, in a read-only folder (no
+    temporary file can be made beside it), or hard-linked."""
+    target = write_target(path)  # through a symbolic link: the file it names is what gets replaced
+    # Root passes os.access whatever the mode, and the atomic rename would replace the file anyway: a file with
+    # no write bit at all is read-only for everyone.
+    if not os.access(target, os.W_OK) or not target.stat().st_mode & 0o222:
+        raise Sc2Error(f"cannot write {path}: it is read-only (the file is unchanged); make it writable (chmod u+w) "
+                       "or print the result instead")
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise Sc2Error(f"cannot write {path}: its folder is read-only, so no safe temporary file can be made")
+    problem = hard_link_problem(path)
+    if problem:
+        raise Sc2Error(f"cannot write {problem}; it is unchanged (print the result instead)")
+
+
+def replace_file(path: str | Path, data: bytes) -> None:
+    """`atomic_write_bytes` with any OS error as one line that says the file is unchanged."""
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as err:
+        raise Sc2Error(f"cannot write {path}: {err.strerror or err}; the file is unchanged") from None
+
+
+def relative_path(path: str | Path) -> tuple[str, bool]:
+    """`path` relative to the current folder, or (when it lies outside it) from the root without its leading
+    slash; and whether it lies inside. (What a diff names, so that `patch -p1` run here finds the file.)"""
+    absolute = os.path.abspath(path)
+    relative = os.path.relpath(absolute)
+    if relative == ".." or relative.startswith(".." + os.sep):
+        return absolute.lstrip(os.sep), False
+    return relative, True
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside the target, flush it to disk, keep the original's permissions, then
     rename over the original. An error or interrupt at any point leaves the original untouched. A symbolic link is

@@ -10,7 +10,6 @@ Examples:
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -77,6 +76,7 @@ def infill(
     json_out: JsonOpt = False,
 ) -> None:
     """Fill in code at a cursor in FILE with fill-in-the-middle, using the code before and after it."""
+    from ..files import check_replaceable, replace_file
     from ..fim.context import load_context
     from ..fim.pipeline import InfillRequest, fill, plan
 
@@ -100,7 +100,7 @@ def infill(
         mode=mode, context=tuple(load_context(context or [], edited=None if file == "-" else file)),
         repo_name=repo_name, check_syntax=check, job=job)
     if write:
-        check_writable(file)
+        check_replaceable(file)
 
     checkpoint = common.open_checkpoint(model, revision, offline)
     planned = plan(request, checkpoint.tokenizer, checkpoint.config)
@@ -126,7 +126,7 @@ def infill(
                            f"middle was {best.middle!r}")
         output.warning("no candidate keeps the file parsing; showing the best one")
     if write:
-        write_result(file, best.filled)
+        replace_file(file, best.filled)
         output.status(f"wrote {len(best.middle)} characters into {file} at line {request.cursor.line}")
     elif diff:
         from ..fim.source import unified_diff
@@ -164,43 +164,16 @@ def read_file_bytes(file: str) -> bytes:
     return data
 
 
-def check_writable(file: str) -> None:
-    """Fail before running the model when the result could not be written safely."""
-    from ..files import hard_link_problem, write_target
-
-    path = write_target(file)  # through a symbolic link: the file it names is what gets replaced
-    # Root passes os.access whatever the mode, and the atomic rename would replace the file anyway: a file with
-    # no write bit at all is read-only for everyone.
-    if not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222:
-        raise Sc2Error(f"cannot write {file}: it is read-only (the file is unchanged); make it writable "
-                       f"(chmod u+w) or drop --write to print the result")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise Sc2Error(f"cannot write {file}: its folder is read-only, so no safe temporary file can be made")
-    problem = hard_link_problem(file)
-    if problem:
-        raise Sc2Error(f"cannot --write: {problem}; the file is unchanged (drop --write to print the middle)")
-
-
-def write_result(file: str, data: bytes) -> None:
-    from ..files import atomic_write_bytes
-
-    try:
-        atomic_write_bytes(file, data)
-    except OSError as err:
-        raise Sc2Error(f"cannot write {file}: {err.strerror or err}; the file is unchanged") from None
-
-
 def diff_path(file: str) -> str:
-    """The diff's path: relative to the current folder, so `patch -p1` run here finds the file."""
+    from ..files import relative_path
+
     if file == "-":
         return "stdin"
-    relative = os.path.relpath(os.path.abspath(file))
-    if relative.startswith(".." + os.sep) or relative == "..":
-        absolute = os.path.abspath(file)
+    path, inside = relative_path(file)
+    if not inside:
         output.warning(f"{file} lies outside the current folder: the diff's paths start at / (apply it with "
-                       f"`patch -p1 -d /`)")
-        return absolute.lstrip("/")
-    return relative
+                       "`patch -p1 -d /`)")
+    return path
 
 
 def cursor_json(cursor) -> dict:
