@@ -1110,3 +1110,17 @@ def test_byte_order_mark_stays_first_and_is_no_column(tmp_path, home, ckpt, scri
     assert cursor.column == 1 and fim_source.split_at(source, cursor) == ("", "x = 1\n")  # the model sees no BOM
     with pytest.raises(InputError, match="column 7 is outside line 1"):
         fim_source.cursor_at(source, 1, 7)  # "x = 1" has 5 characters: 1..6
+
+
+@pytest.mark.parametrize("generated", [
+    "    import sys\ndef main():\n",  # ends after rewriting the suffix's first line
+    "    import sys\ndef main():\n    for li",  # ends inside its second line
+    "    import sys\ndef main():\n    other()\n    x = 1\n",  # goes on differently: `def main():` left the block
+])
+def test_block_mode_never_keeps_a_line_that_left_the_block_while_it_looked_like_the_suffix(generated):
+    """The suffix-overlap check holds lines that repeat the suffix's start; held or not, a line that has left the
+    block (`def main():` after a body) is never part of the middle, however the generation ends."""
+    middle = scope.MiddleFilter("block", "def r():\n    return 1\n\n", "\ndef main():\n    for line in x:\n",
+                                scope.IndentStyle(False, 4))
+    out, _ = middle.feed(generated)
+    assert out + middle.flush() == "    import sys"

@@ -103,7 +103,13 @@ class MiddleFilter:
         tail = self._restyle(self.pending) if self.lines_done else self._restyle_first(self.pending)
         if self.mode == "line":
             return self._trim_right_overlap(self._release("".join(h + "\n" for h in self.held) + tail))
-        if tail.strip() and self.lines_done and not self.block_from_first_code and self._leaves_block(self.pending):
+        if self._ends_inside_suffix_overlap(tail):
+            # The generation ended while writing the suffix's first lines again: they are the suffix's.
+            first = next(i for i, h in enumerate(self.held) if h.strip())
+            self.held = self.held[:first]
+            return self._release_held(drop_trailing_blanks=True) + self._end()
+        if self._held_line_leaves_block() or (tail.strip() and self.lines_done and not self.block_from_first_code
+                                              and self._leaves_block(self.pending)):
             # The generation ended (a token limit, end-of-text) inside a line that has already left the block
             # (`def f(` at column 1): it is not part of the middle, however unfinished.
             return self._release_held(drop_trailing_blanks=True) + self._end()
@@ -134,12 +140,31 @@ class MiddleFilter:
         if self.block_from_first_code:
             self.block_from_first_code = False
             self.base_indent = max(self.base_indent, _width(self.cursor_line + line if first else line, self.style))
-        if not first and self._leaves_block(line):
+        if self._held_line_leaves_block() or (not first and self._leaves_block(line)):
             self.stopped = True
             return self._release_held(drop_trailing_blanks=True) + self._end()
         out = self._release_held() + self._release(text)
         self.owed_newline = True
         return out
+
+    def _held_line_leaves_block(self) -> bool:
+        """Whether a held line (one that looked like the suffix's start, which the generation then left) has left
+        the block; if so the held lines are cut before it."""
+        if self.block_from_first_code:
+            return False
+        for i, held in enumerate(self.held):
+            if held.strip() and self._leaves_block(held):
+                self.held = self.held[:i]
+                return True
+        return False
+
+    def _ends_inside_suffix_overlap(self, tail: str) -> bool:
+        """Held lines repeat the suffix's first lines, and the unfinished last line (if any) goes on repeating it."""
+        k = self._suspects()
+        if not k:
+            return False
+        following = self.suffix_lines[k] if k < len(self.suffix_lines) else ""
+        return not tail.strip() or following.startswith(tail.strip())
 
     def _suspects(self) -> int:
         return sum(1 for h in self.held if h.strip())
