@@ -35,8 +35,12 @@ def shipped_model_dir() -> Path:
     return Path(__file__).parent / "shipped" / SHIPPED_MODEL
 
 
+def offline_in_environment() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def offline_requested(offline: bool) -> bool:
-    return offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return offline or offline_in_environment()
 
 
 def resolve(ref: str, revision: str | None = None, offline: bool = False) -> Path:
@@ -49,6 +53,10 @@ def resolve(ref: str, revision: str | None = None, offline: bool = False) -> Pat
     path = Path(ref).expanduser()
     if path.is_dir():
         return path
+    if path.exists():  # a file of a checkpoint (tokenizer.json, model.safetensors), not the checkpoint
+        hint = f"; its folder {path.parent} holds one" if (path.parent / "config.json").is_file() else ""
+        raise InputError(f"model path {ref} is a file, not a checkpoint folder (the folder with config.json, "
+                         f"model.safetensors and tokenizer.json){hint}")
     if ref.startswith((".", "/", "~")) or os.sep in ref.rstrip(os.sep) and not REPO_ID.match(ref):
         raise InputError(f"model path {ref} does not exist; give a checkpoint folder, a Hub repo id like "
                          f"bigcode/starcoder2-3b, or the shipped model {SHIPPED_MODEL!r}")
@@ -76,9 +84,14 @@ def download(repo_id: str, revision: str | None = None, offline: bool = False) -
         )
     except LocalEntryNotFoundError:
         rev = f" --revision {revision}" if revision else ""
-        reason = "offline mode is on" if offline else "the Hub cannot be reached"
+        if offline_in_environment():  # `sc2 download` would be offline too: say what turns the network on
+            reason, fix = "HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE and fetch it with"
+        elif offline:
+            reason, fix = "offline mode is on", "fetch it with"
+        else:
+            reason, fix = "the Hub cannot be reached", "check the network, then fetch it with"
         raise ModelNotCached(
-            f"model {repo_id} is not in the local cache and {reason}; fetch it with `sc2 download {repo_id}{rev}`"
+            f"model {repo_id} is not in the local cache and {reason}; {fix} `sc2 download {repo_id}{rev}`"
         ) from None
     except (GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError) as err:
         raise hub_error(err, repo_id, revision) from None

@@ -101,3 +101,42 @@ def test_command_end_to_end(tmp_path):
     assert summary["tasks"] == 5 and len(summary["items"]) == 5
     assert sum(summary["stop_reasons"].values()) == 5
     assert {"exact_match", "first_line_exact_match", "edit_similarity", "exact_match_ci95"} <= set(summary)
+
+
+def test_tasks_and_report_come_from_the_core(tmp_path):
+    """What `sc2 bench infill` / `lookup` / `int8` draw their tasks from, and the report the JSON prints."""
+    from sc2cli.bench import decode
+    from sc2cli.errors import InputError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "m.py").write_text(CODE * 3)
+    tasks, source = bench.infill_tasks(str(data), per_file=2, seed=0, limit=5)
+    assert source == str(data) and len(tasks) == 2 and all(t.path == "m.py" for t in tasks)
+    int8_tasks, _ = decode.int8_tasks(str(data), limit=1)
+    assert len(int8_tasks) == 1
+    lookup_tasks, _ = decode.lookup_tasks(str(data), limit=3)
+    assert len(lookup_tasks) == 1  # one per file: the second copy of the code repeats the first
+    (data / "m.py").write_text("x = 1\n")
+    for call in (lambda: bench.infill_tasks(str(data)), lambda: decode.int8_tasks(str(data)),
+                 lambda: decode.lookup_tasks(str(data))):
+        with pytest.raises(InputError, match=str(data)) as refused:
+            call()
+        assert refused.value.exit_code == 2 and "--" not in str(refused.value)
+
+    results = [bench.Result(tasks[0], tasks[0].target + "\n", tasks[0].target, "stop"),
+               bench.Result(tasks[1], "nope", "nope", "length")]
+    report = bench.report(results, model="m", data="d", seed=3, max_new_tokens=6)
+    assert report == {**bench.summarize(results), "model": "m", "data": "d", "seed": 3, "max_new_tokens": 6}
+    items = bench.report(results, model="m", data="d", seed=3, max_new_tokens=6, items=True)["items"]
+    assert [i["exact"] for i in items] == [True, False] and items[1]["finish_reason"] == "length"
+    assert set(items[0]) == {"path", "line", "target", "generated", "first_line", "exact", "first_line_exact",
+                             "finish_reason"}
+
+    lookup = decode.LookupResult(tasks=2, tokens=10, plain_s=2.0, lookup_s=1.0, identical=2)
+    assert lookup.report("m", "d") == {
+        "model": "m", "data": "d", "tasks": 2, "tokens": 10, "decode_s_without": 2.0, "decode_s_with": 1.0,
+        "speedup": 2.0, "identical_outputs": 2, "tokens_per_s_without": 5.0, "tokens_per_s_with": 10.0}
+    agreement = decode.AgreementResult(tasks=1, positions=4, agreeing=3, same_output=0)
+    assert agreement.report("m", "d") == {"model": "m", "data": "d", "tasks": 1, "positions": 4,
+                                          "agreement": 0.75, "same_output": 0}

@@ -260,3 +260,47 @@ def test_help_does_not_import_torch(tmp_path):
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=isolated_env(tmp_path), timeout=60)
     assert result.returncode == 0, result.stderr.decode()
+
+
+# ---- the request, resolved in the core (sc2cli/bench/plan.py) ---------------------------------------------------
+def test_peers_variants_and_dtype_are_parsed_in_the_core():
+    from sc2cli.bench import plan
+    from sc2cli.errors import InputError
+
+    assert plan.parse_peers("llama-cpp, Transformers,llamacpp") == ["llama.cpp", "transformers"]
+    assert plan.parse_peers(" none ") == [] and plan.parse_peers("") == []
+    assert plan.parse_variants(None, "cpu") == ["sc2-int8"]
+    assert plan.parse_variants(None, " CUDA:1") == ["sc2-int8", "sc2-eager"]
+    assert plan.parse_variants("none", "cuda") == [] and plan.parse_variants("SC2-compile", "cpu") == ["sc2-compile"]
+    assert plan.parse_dtype(" Float16 ") == "float16"
+    for call, needle in ((lambda: plan.parse_peers("vllm"), "unknown peer 'vllm'"),
+                         (lambda: plan.parse_variants("sc2-fast", "cpu"), "unknown variant 'sc2-fast'"),
+                         (lambda: plan.parse_dtype("int4"), "unknown dtype 'int4'")):
+        with pytest.raises(InputError, match=needle) as refused:
+            call()
+        assert "--" not in str(refused.value)  # the core names no flag
+
+
+def test_a_request_is_resolved_before_anything_is_written(tmp_path, monkeypatch):
+    from sc2cli.bench import plan
+    from sc2cli.errors import InputError
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    prepared = speed.prepare(speed.SpeedRequest(shape="Tiny", dtype="float32", peers="none", variants="none",
+                                                threads=1, prompt_tokens=16, new_tokens=4))
+    assert (prepared.shape, prepared.dtype, prepared.peers, prepared.variants) == ("tiny", "float32", [], [])
+    assert prepared.config.max_position_embeddings == checkpoints.shape_config("tiny").max_position_embeddings
+    assert prepared.checkpoint is None and not (tmp_path / "cache").exists()  # a caller can still refuse it
+    bench_plan = speed.make_plan(prepared)
+    assert bench_plan.checkpoint == tmp_path / "cache" / "sc2" / "bench" / "tiny-float32" and bench_plan.written
+    assert bench_plan.label == f"shape tiny (random weights, {bench_plan.checkpoint})"
+    assert (bench_plan.threads, bench_plan.prompt_tokens, bench_plan.device, bench_plan.peers) == (1, 16, "cpu", [])
+    again = speed.make_plan(speed.prepare(speed.SpeedRequest(model=str(bench_plan.checkpoint), peers="none")))
+    assert again.checkpoint == bench_plan.checkpoint and again.label == str(bench_plan.checkpoint)
+    assert again.written is None and again.variants == ["sc2-int8"]
+    with pytest.raises(InputError, match="unknown shape '7B'"):
+        plan.prepare(plan.SpeedRequest(shape="7B"))
+    monkeypatch.setattr("sc2cli.hub.shipped_model_dir", lambda: tmp_path / "no-shipped-model")
+    with pytest.raises(InputError, match="shipped model is not installed") as missing:
+        plan.prepare(plan.SpeedRequest(shape="shipped"))
+    assert missing.value.field == "shape" and "--" not in str(missing.value)

@@ -100,6 +100,26 @@ def test_lines_are_batched_with_left_padding_like_single_texts(seq_ckpt, home):
     assert [row[0] for row in parse_table(text)] == [r["labels"][0]["label"] for r in batched["results"]]
 
 
+def test_lines_rows_line_up_with_the_input_lines(seq_ckpt, home):
+    # Issue 13 item 16: one row per input line, an empty row for a blank one, so that
+    # `paste input.txt <(sc2 classify --lines < input.txt)` puts each label beside its line. Lines end at "\n" only,
+    # as `paste` and `wc -l` count them (a form feed or U+2028 inside a line does not start a new row).
+    lines = [LINES[0], "", LINES[1], "   ", "page\x0cbreak\u2028here", LINES[2], ""]
+    data = "\n".join(lines) + "\n"
+    rows = invoke(["-m", str(seq_ckpt), "--lines"], input=data).split("\n")
+    assert rows[-1] == "" and len(rows[:-1]) == len(lines) == data.count("\n")
+    for line, row in zip(lines, rows):
+        if line.strip():
+            alone = parse_table(invoke(["-m", str(seq_ckpt), "--top", "1", line]))[0]
+            assert row.split("\t") == alone, (line, row)
+        else:
+            assert row == "", (line, row)
+    numbered = invoke_json(["-m", str(seq_ckpt), "--lines"], input=data)["results"]
+    assert [r["line"] for r in numbered] == [1, 3, 5, 6]  # --json: each result carries its line number
+    crlf = invoke(["-m", str(seq_ckpt), "--lines"], input="\r\n".join(lines) + "\r\n")
+    assert crlf.split("\n") == rows
+
+
 def test_lines_without_a_pad_id_run_one_at_a_time(tmp_path, home):
     ckpt = make_checkpoint(tmp_path / "nopad", class_name="Starcoder2ForSequenceClassification", seed=1,
                            id2label=ID2LABEL, pad_token_id=None)

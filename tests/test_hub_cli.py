@@ -188,6 +188,27 @@ def test_models_rm(home):
     assert_one_line_error(again, 2, "owner/name")
 
 
+def test_listing_and_removal_plan_come_from_the_core(in_process):
+    """`sc2 models` renders `cache_listing.list_models()`; `sc2 models rm` confirms and runs `plan_removal`."""
+    from sc2cli import cache_listing
+    from sc2cli.errors import InputError
+
+    listing = cache_listing.list_models()
+    assert [e.model for e in listing.entries if e.source == "hub"] == ["owner/name"]
+    assert listing.warning.startswith("skipped a corrupt cache entry") and "hf cache verify" in listing.warning
+    removal = cache_listing.plan_removal("owner/name", "main")
+    assert removal.what == f"owner/name revision {COMMIT[:7]} (main)" and removal.freed_bytes > 0
+    assert cache_listing.plan_removal("owner/name").what == "owner/name"
+    assert (in_process / "hf" / "hub" / "models--owner--name").exists()  # nothing is deleted before execute()
+    for model, revision, needle in (("sc2-tiny", None, "ships inside"), ("other/bert", None, "no cached"),
+                                    ("owner/name", "nope", "no cached revision 'nope'")):
+        with pytest.raises(InputError, match=needle) as refused:
+            cache_listing.plan_removal(model, revision)
+        assert refused.value.field is None and "--" not in str(refused.value)
+    removal.execute()
+    assert not (in_process / "hf" / "hub" / "models--owner--name" / "snapshots" / COMMIT).exists()
+
+
 # ---- info -------------------------------------------------------------------------------------------------------
 def meta_parameter_count(config) -> int:
     with torch.device("meta"):

@@ -37,10 +37,10 @@ CORPUS = {
 }
 SHAPE = ModelShape(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                    intermediate_size=64, sliding_window=24, max_position_embeddings=128, vocab_size=320)
-# The same tiny model as command-line options.
-TINY = ["--hidden-size", "32", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--intermediate-size", "64",
-        "--sliding-window", "24", "--max-positions", "128", "--vocab-size", "320", "--seq-len", "48",
-        "--batch-size", "2", "--warmup-steps", "1", "--save-every", "1", "--eval-every", "1"]
+# The same tiny model as command-line options (two steps, so that a run that should be refused ends soon).
+TINY = ["--max-steps", "2", "--hidden-size", "32", "--layers", "2", "--heads", "4", "--kv-heads", "2",
+        "--intermediate-size", "64", "--sliding-window", "24", "--max-positions", "128", "--vocab-size", "320",
+        "--seq-len", "48", "--batch-size", "2", "--warmup-steps", "1", "--save-every", "1", "--eval-every", "1"]
 
 
 @pytest.fixture
@@ -101,7 +101,8 @@ def test_sequences_longer_than_the_model_are_refused(corpus, home, tmp_path, cap
 def test_sequences_longer_than_the_starting_checkpoint_are_refused(corpus, home, tmp_path, capsys):
     base = make_checkpoint(tmp_path / "base", max_position_embeddings=256)
     out = tmp_path / "tuned"
-    one_line_error(sc2(["train", corpus, "--out", out, "--init", base, "--seq-len", "1000", "--batch-size", "1"],
+    one_line_error(sc2(["train", corpus, "--out", out, "--init", base, "--seq-len", "1000", "--batch-size", "1",
+                        "--max-steps", "1"],
                        capsys), 2, "--seq-len", "1000", "256", str(base))
     assert not out.exists()
 

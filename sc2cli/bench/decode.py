@@ -20,8 +20,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .infill import Task, drop_comment_lines, task_prompts
+from ..errors import InputError
 from ..train.data import SourceFile
+from .infill import Task, drop_comment_lines, make_tasks, source_files, task_prompts
 
 MIN_REPEAT = 3
 MAX_MIDDLE = 8
@@ -50,6 +51,24 @@ def repeated_code_tasks(files: Sequence[SourceFile], limit: int = 40) -> list[Ta
     return tasks
 
 
+def lookup_tasks(data: str | None, limit: int = 40) -> tuple[list[Task], str]:
+    """(tasks, description of their source) for `sc2 bench lookup`: see `source_files` and `repeated_code_tasks`."""
+    files, source = source_files(data)
+    tasks = repeated_code_tasks(files, limit=limit)
+    if not tasks:
+        raise InputError(f"no file in {source} repeats {MIN_REPEAT} lines of its own code")
+    return tasks, source
+
+
+def int8_tasks(data: str | None, limit: int = 100) -> tuple[list[Task], str]:
+    """(tasks, description of their source) for `sc2 bench int8`: the single-line infill tasks."""
+    files, source = source_files(data)
+    tasks = make_tasks(files, limit=limit)
+    if not tasks:
+        raise InputError(f"no usable target lines in {source}")
+    return tasks, source
+
+
 @dataclass
 class LookupResult:
     tasks: int
@@ -61,6 +80,13 @@ class LookupResult:
     @property
     def speedup(self) -> float:
         return self.plain_s / self.lookup_s if self.lookup_s else 0.0
+
+    def report(self, model: str, data: str) -> dict:
+        return {"model": model, "data": data, "tasks": self.tasks, "tokens": self.tokens,
+                "decode_s_without": self.plain_s, "decode_s_with": self.lookup_s, "speedup": self.speedup,
+                "identical_outputs": self.identical,
+                "tokens_per_s_without": self.tokens / self.plain_s if self.plain_s else None,
+                "tokens_per_s_with": self.tokens / self.lookup_s if self.lookup_s else None}
 
 
 def _timed(model, tokenizer, ids, stop, lookup: bool):
@@ -99,6 +125,10 @@ class AgreementResult:
     @property
     def agreement(self) -> float:
         return self.agreeing / self.positions if self.positions else 0.0
+
+    def report(self, model: str, data: str) -> dict:
+        return {"model": model, "data": data, "tasks": self.tasks, "positions": self.positions,
+                "agreement": self.agreement, "same_output": self.same_output}
 
 
 def run_int8_agreement(reference, quantized, tasks: Sequence[Task], max_new_tokens: int = 32) -> AgreementResult:

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..errors import InputError
 from ..fim.scope import IndentStyle, MiddleFilter
 from ..fim.prompt import build_prompt, token_budget
 from ..train.data import SourceFile
@@ -33,6 +34,28 @@ class Task:
     prefix: str
     suffix: str
     target: str
+
+
+def source_files(data: str | None) -> tuple[list[SourceFile], str]:
+    """(files, description): the held-out split of this Python's standard library (None), or every Python file
+    under the folder `data` (or the named dataset `resolve_data_dir` knows)."""
+    from ..train import data as trainset
+    from ..train.trainer import resolve_data_dir
+
+    if data is None:
+        return (trainset.split_files(trainset.collect_files(resolve_data_dir("stdlib")))[1],
+                "held-out split of the Python standard library")
+    return trainset.collect_files(resolve_data_dir(data)), data
+
+
+def infill_tasks(data: str | None, per_file: int = 3, seed: int = 0,
+                 limit: int | None = None) -> tuple[list[Task], str]:
+    """(tasks, description of their source) for `sc2 bench infill`; an error when no line qualifies."""
+    files, source = source_files(data)
+    tasks = make_tasks(files, per_file=per_file, seed=seed, limit=limit)
+    if not tasks:
+        raise InputError(f"no usable target lines in {source} (files must parse and be 1-200 KB)")
+    return tasks, source
 
 
 def drop_comment_lines(text: str) -> str:
@@ -159,6 +182,21 @@ def run(loaded, tasks: Sequence[Task], max_new_tokens: int = 32, batch_size: int
         if on_batch:
             on_batch(min(start + batch_size, len(order)), len(order))
     return results
+
+
+def report(results: Sequence[Result], model: str, data: str, seed: int, max_new_tokens: int,
+           items: bool = False) -> dict:
+    """`summarize` with the run's settings; with `items`, every task's target, generation and scores too."""
+    summary = summarize(results)
+    summary.update(model=model, data=data, seed=seed, max_new_tokens=max_new_tokens)
+    if items:
+        summary["items"] = [
+            {"path": r.task.path, "line": r.task.line, "target": r.task.target, "generated": r.raw,
+             "first_line": r.line, "exact": r.exact, "first_line_exact": r.first_line_exact,
+             "finish_reason": r.finish_reason}
+            for r in results
+        ]
+    return summary
 
 
 def summarize(results: Sequence[Result]) -> dict:

@@ -3,9 +3,9 @@
 This module runs the comparison (`run_bench`) and collects its samples into one JSON document with a summary per
 engine. Rounds alternate sc2 and each peer, because memory bandwidth on a shared machine drifts from minute to
 minute; every figure is measured in a fresh process (`python -m sc2cli.bench.workers worker ...`, which prints one
-JSON line). Beside it: checkpoints.py (the random-weight shapes, the GGUF of the llama.cpp peer), roofline.py
-(bandwidth and the decode roofline), workers.py (the measurements), tables.py (the table). The names the command
-(sc2cli/cli/bench.py) uses are importable from here.
+JSON line). Beside it: plan.py (the request resolved into a `BenchPlan`), checkpoints.py (the random-weight
+shapes, the GGUF of the llama.cpp peer), roofline.py (bandwidth and the decode roofline), workers.py (the
+measurements), tables.py (the table). The names the command (sc2cli/cli/bench.py) uses are importable from here.
 
 What is measured:
 
@@ -38,40 +38,21 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 from .checkpoints import DTYPE_NAMES, SHAPES, default_gguf, random_checkpoint, shape_config, torch_dtype
 from .machine import cpu_model, gpu_name
+from .plan import BenchPlan, SpeedRequest, make_plan, prepare
 from .roofline import parameter_count, roofline_tok_s, weight_bytes_per_token
 from .tables import METRICS, format_value, render_table
 from .workers import PEERS, SC2_VARIANTS
 
 # What `sc2 bench speed` (sc2cli/cli/bench.py) uses, besides what is defined here.
-__all__ = ["DTYPE_NAMES", "PEERS", "SC2_VARIANTS", "SHAPES", "BenchPlan", "WorkerFailed", "random_checkpoint",
-           "render_table", "run_bench", "shape_config", "summarize"]
+__all__ = ["DTYPE_NAMES", "PEERS", "SC2_VARIANTS", "SHAPES", "BenchPlan", "SpeedRequest", "WorkerFailed",
+           "make_plan", "prepare", "random_checkpoint", "render_table", "run_bench", "shape_config", "summarize"]
 
 WORKER_MODULE = "sc2cli.bench.workers"  # run with `python -m`: the measuring subprocesses
-
-
-@dataclass
-class BenchPlan:
-    checkpoint: Path
-    label: str  # "shape s", "shipped model", or the --model ref
-    dtype: str = "bfloat16"
-    threads: int = 1
-    repeats: int = 3
-    prompt_tokens: int = 512
-    new_tokens: int = 128
-    peers: Sequence[str] = PEERS
-    variants: Sequence[str] = ("sc2",)  # sc2 engines measured; "sc2" always
-    device: str = "cpu"
-    gguf: Path | None = None
-    bandwidth_gib: float = 1.0
-    seed: int = 0
-    written: bool | None = None  # for named shapes: whether the random checkpoint was written by this run
-    extra: dict = field(default_factory=dict)
 
 
 class WorkerFailed(RuntimeError):

@@ -44,31 +44,15 @@ def bench_infill(
     if limit < 1 or per_file < 1 or max_new_tokens < 1 or batch_size < 1:
         raise UsageError("--limit, --per-file, --max-new-tokens and --batch-size must be at least 1")
     from ..bench import infill as bench
-    from ..train import data as trainset
-    from ..train.trainer import resolve_data_dir
 
-    if data is None:
-        files = trainset.split_files(trainset.collect_files(resolve_data_dir("stdlib")))[1]
-        source = "held-out split of the Python standard library"
-    else:
-        files = trainset.collect_files(resolve_data_dir(data))
-        source = data
-    tasks = bench.make_tasks(files, per_file=per_file, seed=seed, limit=limit)
-    if not tasks:
-        raise UsageError(f"no usable target lines in {source} (files must parse and be 1-200 KB)")
+    tasks, source = bench.infill_tasks(data, per_file=per_file, seed=seed, limit=limit)
     loaded = common.load_model(model, revision, device, dtype, offline, quantize=quantize)
     output.status(f"{len(tasks)} tasks from {source}")
     results = bench.run(loaded, tasks, max_new_tokens=max_new_tokens, batch_size=batch_size,
                         on_batch=lambda done, total: output.status(f"  {done}/{total}") if done % 80 == 0 else None)
-    summary = bench.summarize(results)
-    summary.update(model=loaded.name, data=source, seed=seed, max_new_tokens=max_new_tokens)
+    summary = bench.report(results, model=loaded.name, data=source, seed=seed, max_new_tokens=max_new_tokens,
+                           items=json_out)
     if json_out:
-        summary["items"] = [
-            {"path": r.task.path, "line": r.task.line, "target": r.task.target, "generated": r.raw,
-             "first_line": r.line, "exact": r.exact, "first_line_exact": r.first_line_exact,
-             "finish_reason": r.finish_reason}
-            for r in results
-        ]
         output.write_json(summary)
         return
     lo, hi = summary["exact_match_ci95"]
@@ -126,59 +110,17 @@ def bench_speed(
         raise UsageError("--threads must be at least 1")
     if bandwidth_gib <= 0:
         raise UsageError("--bandwidth-gib must be positive")
-    dtype = dtype.strip().lower()
-    if dtype not in bench.DTYPE_NAMES:
-        raise UsageError(f"unknown dtype {dtype!r}; use {', '.join(bench.DTYPE_NAMES)}")
-    peer_list = [] if peers.strip().lower() in ("", "none") else [p.strip().lower() for p in peers.split(",")]
-    peer_list = ["llama.cpp" if p in ("llama_cpp", "llamacpp", "llama-cpp") else p for p in peer_list]
-    unknown = [p for p in peer_list if p not in bench.PEERS]
-    if unknown:
-        raise UsageError(f"unknown peer {unknown[0]!r}; use transformers, llama.cpp or none")
-    peer_list = list(dict.fromkeys(peer_list))
-    if variants is None:
-        variant_list = ["sc2-int8"] + (["sc2-eager"] if device.strip().lower().startswith("cuda") else [])
-    else:
-        variant_list = [] if variants.strip().lower() in ("", "none") else [v.strip().lower() for v in variants.split(",")]
-    bad = [v for v in variant_list if v not in bench.SC2_VARIANTS]
-    if bad:
-        raise UsageError(f"unknown variant {bad[0]!r}; use {', '.join(v for v in bench.SC2_VARIANTS if v != 'sc2')}")
     if gguf is not None and not gguf.is_file():
         raise UsageError(f"--gguf {gguf} does not exist")
-
-    import torch
-
-    from .. import hub
-    from ..devices import resolve_device
-
-    from ..checkpoint import load_config
-
-    torch_device = resolve_device(device)
-    written = None
-    name = None
-    if model is not None:
-        path, label = hub.resolve(model, revision=revision, offline=offline), model
-    elif (shape or "s").lower() == "shipped":
-        path, label = hub.shipped_model_dir(), "the shipped model"
-        if not (path / "config.json").is_file():
-            raise UsageError(f"the shipped model is not installed here ({path} is missing); "
-                             "use --shape s or 3b, or --model")
-    else:
-        name = (shape or "s").lower()
-        if name not in bench.SHAPES:
-            raise UsageError(f"unknown shape {shape!r}; use shipped, s, 3b or tiny")
-    config = bench.shape_config(name) if name else load_config(path)
-    if prompt_tokens + new_tokens > config.max_position_embeddings:
+    prepared = bench.prepare(bench.SpeedRequest(
+        model=model, shape=shape, revision=revision, offline=offline, dtype=dtype, threads=threads, repeats=repeats,
+        prompt_tokens=prompt_tokens, new_tokens=new_tokens, peers=peers, variants=variants, device=device,
+        gguf=gguf, bandwidth_gib=bandwidth_gib, seed=seed))
+    positions = prepared.config.max_position_embeddings
+    if prompt_tokens + new_tokens > positions:
         raise UsageError(f"--prompt-tokens + --new-tokens ({prompt_tokens + new_tokens}) exceed the model's "
-                         f"{config.max_position_embeddings} positions")
-    if name:
-        path, written = bench.random_checkpoint(name, dtype, progress=output.status)
-        label = f"shape {name} (random weights, {path})"
-    plan = bench.BenchPlan(
-        checkpoint=path, label=label, dtype=dtype, threads=threads or torch.get_num_threads(), repeats=repeats,
-        prompt_tokens=prompt_tokens, new_tokens=new_tokens, peers=peer_list, variants=variant_list,
-        device=str(torch_device), gguf=gguf,
-        bandwidth_gib=bandwidth_gib, seed=seed, written=written,
-    )
+                         f"{positions} positions")
+    plan = bench.make_plan(prepared, progress=output.status)
     try:
         doc = bench.run_bench(plan, progress=output.status)
     except bench.WorkerFailed as err:  # the bandwidth probe
@@ -190,17 +132,6 @@ def bench_speed(
     sc2 = doc["engines"]["sc2"]
     if not sc2["samples"]:  # the other columns are still printed above: they may show why
         raise Sc2Error(f"the sc2 measurement failed: {sc2['errors'][0] if sc2['errors'] else 'no samples'}")
-
-
-def _held_out_or(data: Optional[str]):
-    """(files, description): the held-out split of this Python's stdlib, or every Python file under DATA."""
-    from ..train import data as trainset
-    from ..train.trainer import resolve_data_dir
-
-    if data is None:
-        return (trainset.split_files(trainset.collect_files(resolve_data_dir("stdlib")))[1],
-                "held-out split of the Python standard library")
-    return trainset.collect_files(resolve_data_dir(data)), data
 
 
 @app.command("lookup")
@@ -222,17 +153,11 @@ def bench_lookup(
 
     if limit < 1 or max_new_tokens < 2:
         raise UsageError("--limit must be at least 1 and --max-new-tokens at least 2")
-    files, source = _held_out_or(data)
-    tasks = bench_decode.repeated_code_tasks(files, limit=limit)
-    if not tasks:
-        raise UsageError(f"no file in {source} repeats {bench_decode.MIN_REPEAT} lines of its own code")
+    tasks, source = bench_decode.lookup_tasks(data, limit=limit)
     loaded = common.load_model(model, revision, device, dtype, offline)
     output.status(f"{len(tasks)} repeated-code infill tasks from {source}")
     r = bench_decode.run_lookup(loaded, tasks, max_new_tokens=max_new_tokens)
-    doc = {"model": loaded.name, "data": source, "tasks": r.tasks, "tokens": r.tokens,
-           "decode_s_without": r.plain_s, "decode_s_with": r.lookup_s, "speedup": r.speedup,
-           "identical_outputs": r.identical, "tokens_per_s_without": r.tokens / r.plain_s if r.plain_s else None,
-           "tokens_per_s_with": r.tokens / r.lookup_s if r.lookup_s else None}
+    doc = r.report(model=loaded.name, data=source)
     if json_out:
         output.write_json(doc)
         return
@@ -257,20 +182,15 @@ def bench_int8(
 ) -> None:
     """Greedy-token agreement of --quantize int8 with bfloat16 on single-line infill tasks (teacher-forced)."""
     from ..bench import decode as bench_decode
-    from ..bench import infill as bench_infill
 
     if limit < 1 or max_new_tokens < 1:
         raise UsageError("--limit and --max-new-tokens must be at least 1")
-    files, source = _held_out_or(data)
-    tasks = bench_infill.make_tasks(files, limit=limit)
-    if not tasks:
-        raise UsageError(f"no usable target lines in {source}")
+    tasks, source = bench_decode.int8_tasks(data, limit=limit)
     reference = common.load_model(model, revision, device, "bfloat16", offline)
     quantized = common.load_model(model, revision, device, "bfloat16", offline, quantize="int8")
     output.status(f"{len(tasks)} tasks from {source}")
     r = bench_decode.run_int8_agreement(reference, quantized, tasks, max_new_tokens=max_new_tokens)
-    doc = {"model": reference.name, "data": source, "tasks": r.tasks, "positions": r.positions,
-           "agreement": r.agreement, "same_output": r.same_output}
+    doc = r.report(model=reference.name, data=source)
     if json_out:
         output.write_json(doc)
         return

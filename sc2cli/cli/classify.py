@@ -12,7 +12,10 @@ between the text and the label, so end the text with the separator you want (a s
 Labels are split on commas and stripped of surrounding whitespace.
 
 Text read from stdin loses one trailing newline, so `echo TEXT | sc2 classify` and `sc2 classify TEXT` agree.
-With `--lines` each non-empty line is an example of its own; the lines are batched with left padding.
+With `--lines` each non-blank line is an example of its own (lines end at "\n", as for `wc -l`, `paste` and `nl`;
+a "\r" before it is dropped); the lines are batched with left padding. The table has one row per input line, an
+empty row for a blank one, so `paste input.txt <(sc2 classify --lines < input.txt)` lines up; `--json` gives
+each result its line number.
 
 Examples:
   sc2 classify -m ./issue-classifier "Crash when the file is empty"
@@ -46,7 +49,8 @@ def classify(
     tokens: Annotated[bool, typer.Option(
         "--tokens", help="One label per token (needs a token-classification checkpoint).")] = False,
     lines: Annotated[bool, typer.Option(
-        "--lines", help="Classify each non-empty line of the input as its own example.")] = False,
+        "--lines", help="Classify each line of the input on its own: one row per line (empty for a blank "
+        "line).")] = False,
     top: Annotated[Optional[int], typer.Option(
         "--top", help="Show only the K best labels (default: all).", show_default=False)] = None,
     json_out: JsonOpt = False,
@@ -83,9 +87,9 @@ def classify(
         blocks = ["".join(f"{visible(t['token'])}\t{visible(t['label'])}\t{t['score']:.4f}\n" for t in r["tokens"])
                   for r in results]
         output.write("\n".join(blocks))
-    elif lines:
-        output.write("".join(f"{visible(r['labels'][0]['label'])}\t{r['labels'][0]['score']:.4f}\n"
-                             for r in results))
+    elif lines:  # one row per input line, blank lines too, so that the rows line up with the input
+        rows = {r["line"]: f"{visible(r['labels'][0]['label'])}\t{r['labels'][0]['score']:.4f}" for r in results}
+        output.write("".join(f"{rows.get(n, '')}\n" for n in range(1, count_lines(data) + 1)))
     else:
         output.write("".join(f"{visible(item['label'])}\t{item['score']:.4f}\n" for item in results[0]["labels"]))
 
@@ -105,10 +109,23 @@ def parse_labels(raw: str) -> list[str]:
     return names
 
 
+def input_lines(data: str) -> list[str]:
+    """The lines of the input as Unix tools count them: ended by "\n" only (not by the form feeds, "\x1c" or
+    U+2028 that str.splitlines also breaks at), without a "\r" before it; no empty last line after a final "\n"."""
+    lines = data.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def count_lines(data: str) -> int:
+    return len(input_lines(data))
+
+
 def split_examples(data: str, lines: bool, from_stdin: bool) -> list[tuple[int, str]]:
-    """(1-based line number, text) pairs: every non-empty line, or the whole text as line 1."""
+    """(1-based line number, text) pairs: every non-blank line, or the whole text as line 1."""
     if lines:
-        examples = [(n, line) for n, line in enumerate(data.splitlines(), 1) if line.strip()]
+        examples = [(n, line) for n, line in enumerate(input_lines(data), 1) if line.strip()]
         if not examples:
             raise UsageError("the input has no non-empty lines to classify")
         return examples

@@ -64,6 +64,11 @@ def complete(
     if planned.tokens_cut:
         output.warning(f"prompt cut from the left: {len(planned.ids) + planned.tokens_cut} tokens, kept the last "
                        f"{len(planned.ids)} of a {checkpoint.config.max_position_embeddings}-token context")
+    room = checkpoint.config.max_position_embeddings - len(planned.ids)
+    if max_new_tokens > room:  # generation stops where the context ends: say so rather than cap it silently
+        output.warning(f"--max-new-tokens {max_new_tokens} does not fit: the {len(planned.ids)}-token prompt leaves "
+                       f"room for {room} in the model's {checkpoint.config.max_position_embeddings}-token context, "
+                       f"so at most {room} tokens will be generated")
     backend = common.local_backend(checkpoint, device, dtype, quantize)
     streaming = not (no_stream or json_out or num_samples > 1)
     result = run_completion(request, backend, on_text=output.write if streaming else None, planned=planned)

@@ -31,8 +31,8 @@ def show(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json", he
 
 @app.command("set")
 def set_(key: Annotated[str, typer.Argument(help="model, device or dtype.")],
-         value: Annotated[str, typer.Argument(help="The new value: device auto, cpu, cuda, cuda:N or mps; dtype "
-                                              "auto, float32, bfloat16 or float16; model a Hub id or a folder.")]) -> None:
+         value: Annotated[str, typer.Argument(help="The new value: device auto, cpu, cuda, cuda:N or mps; dtype auto, "
+                                              "float32, bfloat16 or float16; model a Hub id or a folder.")]) -> None:
     """Store a default in the config file (checked first: a bad value is refused, never saved)."""
     path = settings.set_value(key, value)
     output.status(f"{key} = {settings.normalized(key, value)} (saved to {path})")

@@ -37,7 +37,7 @@ def download(
     """Fetch MODEL into the Hugging Face cache (progress on stderr); print its local folder on stdout."""
     if not hub.REPO_ID.match(model):
         raise UsageError(f"{model!r} is not a Hub repo id like bigcode/starcoder2-3b")
-    offline = hub.offline_requested(offline)
+    offline_flag, offline = offline, hub.offline_requested(offline)
     if not offline:
         quiet_progress_unless_tty()
         check_remote_files(model, revision)
@@ -46,8 +46,12 @@ def download(
     try:
         path = hub.download(model, revision, offline=offline)
     except hub.ModelNotCached:
-        if offline:
-            raise
+        if offline:  # the one thing that would fetch it is the network this run may not use
+            ways = [way for way, on in (("drop --offline", offline_flag),
+                                        ("unset HF_HUB_OFFLINE", hub.offline_in_environment())) if on]
+            rev = f" --revision {revision}" if revision else ""
+            raise Sc2Error(f"{model} is not in the local cache, and downloading it needs the network: "
+                           f"{' and '.join(ways)}, then run `sc2 download {model}{rev}` again") from None
         raise Sc2Error(f"cannot reach the Hugging Face Hub to fetch {model}; check the network (or HF_ENDPOINT), "
                        "or use a model that is already cached (`sc2 models`)") from None
     warn_if_not_starcoder2(model, path)

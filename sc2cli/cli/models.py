@@ -9,46 +9,20 @@ Examples:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .. import hub
-from ..errors import Sc2Error, UsageError
-from ..settings import SHIPPED_MODEL
+from ..cache_listing import Entry, list_models as listing, plan_removal
+from ..errors import UsageError
 from . import output
 from .options import RevisionOpt
 
 app = typer.Typer(help="List cached StarCoder2 checkpoints; `sc2 models rm` removes one.",
                   invoke_without_command=True, no_args_is_help=False)
-
-
-@dataclass
-class Entry:
-    model: str
-    revision: str  # commit hash, or "shipped"
-    refs: list[str] = field(default_factory=list)
-    size_bytes: int = 0
-    last_modified: float = 0.0
-    path: str = ""
-    source: str = "hub"  # "hub" or "shipped"
-
-    @property
-    def revision_label(self) -> str:
-        short = self.revision[:7] if self.source == "hub" else self.revision
-        return f"{short} ({', '.join(sorted(self.refs))})" if self.refs else short
-
-    def as_json(self) -> dict:
-        data = asdict(self)
-        data["last_modified"] = datetime.fromtimestamp(self.last_modified, timezone.utc).isoformat(timespec="seconds")
-        data["size"] = human_size(self.size_bytes)
-        return data
 
 
 @app.callback()
@@ -57,9 +31,12 @@ def list_models(ctx: typer.Context, json_out: Annotated[bool, typer.Option(
     """List cached StarCoder2 checkpoints with size on disk, revision and last change."""
     if ctx.invoked_subcommand is not None:
         return
-    entries = shipped_entries() + [entry for _, entry in hub_entries(scan_cache(warn=True))]
+    found = listing()
+    if found.warning:
+        output.warning(found.warning)
+    entries = found.entries
     if json_out:
-        output.write_json([e.as_json() for e in entries])
+        output.write_json([entry_json(e) for e in entries])
     elif sys.stdout.isatty():
         print_table(entries)
     else:  # piped: one tab-separated line per model, no header (`sc2 models | cut -f1`)
@@ -75,93 +52,26 @@ def remove(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete MODEL (every cached revision, or only --revision) from the Hugging Face cache."""
-    if model == SHIPPED_MODEL:
-        raise UsageError(f"{SHIPPED_MODEL} ships inside the sc2 package and cannot be removed")
-    cache = scan_cache(warn=False)
-    revisions = [(rev, entry) for rev, entry in hub_entries(cache) if entry.model == model]
-    if not revisions:
-        raise UsageError(f"no cached StarCoder2 model {model}; `sc2 models` lists what is cached")
-    if revision is not None:
-        revisions = [(rev, e) for rev, e in revisions if matches(e, revision)]
-        if not revisions:
-            raise UsageError(f"{model} has no cached revision {revision!r}; `sc2 models` lists the cached ones")
-    # Scope the deletion to this repo: delete_revisions matches bare commit hashes across the whole cache, and a
-    # mirrored repo can share commits with its source.
-    (repo,) = {r for r in cache.repos if r.repo_type == "model" and r.repo_id == model}
-    strategy = dataclasses.replace(cache, repos=frozenset({repo})).delete_revisions(
-        *(rev.commit_hash for rev, _ in revisions))
-    what = model if revision is None else f"{model} revision {', '.join(e.revision_label for _, e in revisions)}"
+    removal = plan_removal(model, revision)
+    freed = human_size(removal.freed_bytes)
     if not yes:
         if not sys.stdin.isatty():
-            raise UsageError(f"not removing {what} without confirmation (stdin is not a terminal); add --yes")
-        if not typer.confirm(f"Remove {what} ({human_size(strategy.expected_freed_size)}) from the cache?", err=True):
+            raise UsageError(f"not removing {removal.what} without confirmation (stdin is not a terminal); add --yes")
+        if not typer.confirm(f"Remove {removal.what} ({freed}) from the cache?", err=True):
             output.status("nothing removed")
             raise typer.Exit(1)
-    strategy.execute()
-    output.status(f"removed {what} ({human_size(strategy.expected_freed_size)} freed)")
-
-
-def matches(entry: Entry, revision: str) -> bool:
-    return revision in entry.refs or (len(revision) >= 4 and entry.revision.startswith(revision.lower()))
-
-
-# ---- the cache --------------------------------------------------------------------------------------------------
-def scan_cache(warn: bool):
-    """The HF cache (huggingface_hub.scan_cache_dir), or None when there is none yet."""
-    from huggingface_hub import constants, scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
-
-    try:
-        cache = scan_cache_dir(constants.HF_HUB_CACHE)
-    except CacheNotFound:
-        return None
-    except (OSError, ValueError) as err:
-        raise Sc2Error(f"cannot read the Hugging Face cache at {constants.HF_HUB_CACHE} ({err}); "
-                       "check HF_HOME / HF_HUB_CACHE") from None
-    if warn and cache.warnings:
-        first = " ".join(str(cache.warnings[0]).split())
-        more = f" (and {len(cache.warnings) - 1} more)" if len(cache.warnings) > 1 else ""
-        output.warning(f"skipped a corrupt cache entry: {first}{more}; delete it or run `hf cache verify`")
-    return cache
-
-
-def hub_entries(cache) -> list:
-    """(CachedRevisionInfo, Entry) for every cached revision whose config.json says model_type starcoder2."""
-    if cache is None:
-        return []
-    found = []
-    for repo in cache.repos:
-        if repo.repo_type != "model":
-            continue
-        for rev in repo.revisions:
-            if model_type(rev.snapshot_path) != "starcoder2":
-                continue
-            found.append((rev, Entry(model=repo.repo_id, revision=rev.commit_hash, refs=sorted(rev.refs),
-                                     size_bytes=rev.size_on_disk, last_modified=rev.last_modified,
-                                     path=str(rev.snapshot_path))))
-    found.sort(key=lambda pair: (pair[1].model.lower(), -pair[1].last_modified))
-    return found
-
-
-def model_type(folder: Path) -> str | None:
-    try:
-        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data.get("model_type") if isinstance(data, dict) else None
-
-
-def shipped_entries() -> list[Entry]:
-    folder = hub.shipped_model_dir()
-    if not (folder / "config.json").is_file():
-        return []
-    files = [p for p in folder.rglob("*") if p.is_file()]
-    stats = [p.stat() for p in files]
-    return [Entry(model=SHIPPED_MODEL, revision="shipped", size_bytes=sum(s.st_size for s in stats),
-                  last_modified=max((s.st_mtime for s in stats), default=0.0), path=str(folder), source="shipped")]
+    removal.execute()
+    output.status(f"removed {removal.what} ({freed} freed)")
 
 
 # ---- formatting -------------------------------------------------------------------------------------------------
+def entry_json(entry: Entry) -> dict:
+    data = asdict(entry)
+    data["last_modified"] = datetime.fromtimestamp(entry.last_modified, timezone.utc).isoformat(timespec="seconds")
+    data["size"] = human_size(entry.size_bytes)
+    return data
+
+
 def human_size(n: int) -> str:
     size = float(n)
     for unit in ("B", "kB", "MB", "GB", "TB"):

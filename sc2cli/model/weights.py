@@ -26,6 +26,8 @@ INDEX_FILE = "model.safetensors.index.json"
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin")
 DAMAGED = "the file is damaged or incomplete: download the checkpoint again"
 MISMATCHED = "config.json and the weights do not belong together: use the files of one checkpoint"
+CLASSIFIERS = {"Starcoder2ForSequenceClassification": "sequence-classification",
+               "Starcoder2ForTokenClassification": "token-classification"}
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -171,6 +173,7 @@ def load_pretrained(cls, path, dtype: torch.dtype | None = None, device=None, co
         config = read_config(directory)
     if overrides:
         config = config.copy(**overrides)
+    _refuse_a_classifier_as_a_language_model(cls, config, path)
     dtype = dtype or torch.float32
     device = torch.device(device or "cpu")
     with torch.device("meta"):
@@ -178,6 +181,17 @@ def load_pretrained(cls, path, dtype: torch.dtype | None = None, device=None, co
     load_state(model, directory, dtype, device)
     _materialize_buffers(model, device)
     return model.eval()
+
+
+def _refuse_a_classifier_as_a_language_model(cls, config: Starcoder2Config, path) -> None:
+    """A classification checkpoint has a scoring head instead of the language-model head: say so, rather than
+    that its config and weights do not belong together (its `score.weight` would be an unexpected tensor)."""
+    archs = getattr(config, "architectures", None) or []
+    arch = archs[0] if isinstance(archs, (list, tuple)) and archs else None
+    if cls.__name__ == "Starcoder2ForCausalLM" and arch in CLASSIFIERS:
+        raise CheckpointError(f"{path} is a {CLASSIFIERS[arch]} checkpoint ({arch}): a classifier, without the "
+                              "language-model head that generates code; classify with it (`sc2 classify`, or "
+                              f"load it as {arch})")
 
 
 def _materialize_buffers(model: nn.Module, device: torch.device) -> None:

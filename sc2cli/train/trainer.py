@@ -31,7 +31,7 @@ from .bpe import check_vocab_size, train_bpe
 from ..errors import InputError, Sc2Error
 from ..files import atomic_write_bytes
 from ..model import Starcoder2Config, Starcoder2ForCausalLM
-from ..model.weights import read_config
+from ..model.config import read_config
 from ..tokenizer import Tokenizer
 
 STATE_FILE = "train_state.json"
