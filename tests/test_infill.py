@@ -1124,3 +1124,13 @@ def test_block_mode_never_keeps_a_line_that_left_the_block_while_it_looked_like_
                                 scope.IndentStyle(False, 4))
     out, _ = middle.feed(generated)
     assert out + middle.flush() == "    import sys"
+
+
+def test_an_empty_middle_is_announced(tmp_path, home, ckpt, scripted):
+    data = b"def f(x):\n    return x\n"
+    path = write(tmp_path / "m.py", data)
+    scripted("<|endoftext|>")
+    for output_args in ([], ["--diff"], ["-w"]):
+        run = sc2([str(path), "--line", "2", "-m", str(ckpt), *output_args])
+        assert run.code == 0 and run.out == b"" and "nothing to insert" in run.err, output_args
+    assert path.read_bytes() == data

@@ -120,6 +120,8 @@ def infill(
     streaming = not (write or diff or json_out or no_stream or num_samples > 1)
     result = fill(request, backend, on_text=output.write if streaming else None, planned=planned)
     best = result.best
+    if not best.middle:
+        output.warning("the model ended the middle at once: nothing to insert at the cursor")
     if result.breaks_the_file:
         if write and not force:
             raise Sc2Error(f"no candidate keeps {file} parsing, so it is unchanged (--force writes anyway); the best "
