@@ -38,3 +38,13 @@ def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *needl
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def isolate_in_process(home: Path, monkeypatch) -> Path:
+    """For in-process runs (CliRunner): the isolated environment, and huggingface_hub's cache under `home`."""
+    from huggingface_hub import constants
+
+    for key, value in isolated_env(home).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hf" / "hub"))
+    return home

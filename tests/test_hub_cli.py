@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from checkpoints import make_checkpoint
-from cli_helpers import assert_one_line_error, isolated_env, run_sc2
+from cli_helpers import assert_one_line_error, isolate_in_process, isolated_env, run_sc2
 from typer.testing import CliRunner
 
 from sc2cli import hub, model as modeling
@@ -64,12 +64,7 @@ def home(tmp_path, checkpoint) -> Path:
 @pytest.fixture
 def in_process(home, monkeypatch):
     """For CliRunner: the same environment, and huggingface_hub pointed at the temporary cache."""
-    from huggingface_hub import constants
-
-    for key, value in isolated_env(home).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hf" / "hub"))
-    return home
+    return isolate_in_process(home, monkeypatch)
 
 
 def invoke(args):

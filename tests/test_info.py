@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from checkpoints import make_checkpoint
-from cli_helpers import isolated_env
+from cli_helpers import isolate_in_process
 from typer.testing import CliRunner
 
 from sc2cli import devices, hub, inspection, machine
@@ -27,12 +27,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    for key, value in isolated_env(tmp_path).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    return tmp_path
+    return isolate_in_process(tmp_path, monkeypatch)
 
 
 def invoke(args):
