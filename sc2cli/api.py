@@ -24,9 +24,10 @@ from .settings import SHIPPED_MODEL
 def load(model: str = SHIPPED_MODEL, device: str = "auto", dtype: str = "auto", quantize: str = "none",
          revision: str | None = None, offline: bool = False) -> LocalBackend:
     """A model ready to complete: a Hub id (downloaded into the Hugging Face cache), a checkpoint folder, or the
-    shipped model. Keep it and pass it as `model=` to `complete` and `infill`."""
+    shipped model. Keep it and pass it as `model=` to `complete` and `infill`: each call then evaluates only the
+    part of its prompt that the call before did not share (an editor asking again after a keystroke)."""
     return LocalBackend(load_checkpoint(model, device=device, dtype=dtype, revision=revision, offline=offline,
-                                        quantize=quantize))
+                                        quantize=quantize), reuse=True)
 
 
 def complete(prompt: str, model: LocalBackend | str | None = None, *, max_new_tokens: int = 128,

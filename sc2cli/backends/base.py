@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ..generation.params import SamplingParams
@@ -36,7 +36,7 @@ class GenerationRun:
     seed: int
     first_token_s: float
     decode_s: float
-    timings: dict = field(default_factory=dict)
+    reused_tokens: int = 0  # prompt tokens whose keys and values were kept from the run before (not evaluated)
 
     @property
     def completion_tokens(self) -> int:

@@ -11,18 +11,24 @@ from ..errors import InputError
 from ..generation.decode import resolve_mode
 from ..generation.engine import StopConditions, Step, generate
 from ..generation.lookup import LOOKUP_NEEDS, lookup_applies
+from ..generation.slots import Slot
 from ..generation.sampling import make_generator
 from ..tokenizer import boundary_token_ids
 from .base import GenerationJob, GenerationRun
 
 
 class LocalBackend:
-    def __init__(self, loaded: Loaded) -> None:
+    """`reuse`: keep the KV cache of the last one-prompt, one-sample run, so that the next prompt evaluates only
+    what it does not share with it (see generation/slots.py). For a process that serves several requests; a
+    one-shot command has nothing to reuse."""
+
+    def __init__(self, loaded: Loaded, reuse: bool = False) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.config = loaded.model.config
         self.tokenizer = loaded.tokenizer
         self.name = loaded.name
+        self.slot = Slot(self.model) if reuse else None
 
     def check(self, job: GenerationJob, rows: int) -> GenerationJob:
         """Resolve the decode mode against the loaded model, and refuse prompt lookup where it would change the
@@ -51,10 +57,12 @@ class LocalBackend:
             if on_step is not None:
                 on_step(step)
 
+        slot = self.slot if len(prompts) == 1 and job.num_samples == 1 else None
         started = time.perf_counter()
         completions = generate(self.model, self.tokenizer, prompts, job.sampling, conditions, job.num_samples,
                                generator=generator, on_step=step_seen, prompt_lookup=job.prompt_lookup,
-                               decode=job.decode, heal=job.heal)
+                               decode=job.decode, heal=job.heal, slot=slot)
         end = time.perf_counter()
         first = first or end
-        return GenerationRun(completions, generator.initial_seed(), first - started, end - first)
+        return GenerationRun(completions, generator.initial_seed(), first - started, end - first,
+                             reused_tokens=slot.reused if slot is not None else 0)

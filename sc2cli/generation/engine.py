@@ -18,6 +18,7 @@ from ..model.cache import KVCache
 from .decode import GRAPH_MODES, make_step, resolve_mode
 from .healing import Healer
 from .lookup import LOOKUP_NEEDS, PromptLookup, lookup_applies
+from .slots import Slot
 from .sampling import SamplingParams, make_generator, process_logits, sample, token_logprobs
 from .stopping import Chain, StopStringMatcher, TextFilter
 from ..tokenizer import IncrementalDetokenizer, Tokenizer
@@ -75,13 +76,15 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[Te
 
 
 @torch.inference_mode()
-def prefill(model, ids: Tensor, mask: Tensor, cache: KVCache, chunk_size: int = DEFAULT_PREFILL_CHUNK) -> Tensor:
-    """Run the prompt through the model in chunks; returns the last position's logits (B, V).
+def prefill(model, ids: Tensor, mask: Tensor, cache: KVCache, chunk_size: int = DEFAULT_PREFILL_CHUNK,
+            start: int = 0) -> Tensor:
+    """Run the prompt through the model in chunks; returns the last position's logits (B, V). `start`: the
+    position of the first id (the cache already holds the ones before it).
 
     Chunking bounds the attention memory of long prompts: each chunk attends over at most the window
     (or the cache) plus itself.
     """
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0) + start
     logits = None
     for start in range(0, ids.shape[1], chunk_size):
         cols = slice(start, start + chunk_size)
@@ -102,6 +105,7 @@ def stream(
     prompt_lookup: bool | None = None,
     decode: str = "auto",
     heal: str = "",
+    slot: Slot | None = None,
 ) -> Iterator[Step]:
     """Yield `Step`s for every row (row = prompt_index * num_samples + sample_index) until each row stops.
 
@@ -111,7 +115,9 @@ def stream(
     pass costs several replayed steps).
     decode: how single steps run (see `decode.py`): auto | eager | static | cuda-graph | compile.
     heal: whitespace cut from the end of the prompts, which every row must begin with (see `healing.py`); it is
-    not part of the steps' text."""
+    not part of the steps' text.
+    slot: a cache kept between runs of one prompt and one sample (see `slots.py`): the prompt's start that the
+    slot holds already is not evaluated again."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     if num_samples < 1:
@@ -130,9 +136,29 @@ def stream(
         pad_id = 0  # padded positions are masked, so any in-range id will do
 
     ids, mask = _left_pad(prompts, pad_id, device)
-    cache = KVCache(config, len(prompts), ids.shape[1] + new_tokens, dtype=model.dtype, device=device)
+    if slot is None:
+        cache = KVCache(config, len(prompts), ids.shape[1] + new_tokens, dtype=model.dtype, device=device)
+        reused = 0
+    else:
+        if len(prompts) != 1 or num_samples != 1:
+            raise ValueError("a slot serves one prompt and one sample")
+        cache, reused = slot.cache, slot.reuse(prompts[0])
+    history: list[int] = []  # row 0's tokens as chosen, in order (what a slot's cache then holds)
+    try:
+        yield from _generate(model, tokenizer, prompts, sampling, stop, num_samples, prefill_chunk, generator,
+                             prompt_lookup, decode, heal, ids, mask, cache, reused, new_tokens, limit, pad_id,
+                             history)
+    finally:
+        if slot is not None:
+            slot.remember([*prompts[0], *history])
+
+
+def _generate(model, tokenizer, prompts, sampling, stop, num_samples, prefill_chunk, generator, prompt_lookup,
+              decode, heal, ids, mask, cache, reused, new_tokens, limit, pad_id, history) -> Iterator[Step]:
+    """The body of `stream`: prefill (from column `reused` on), then decode."""
+    device = model.device
     with torch.inference_mode():
-        logits = prefill(model, ids, mask, cache, prefill_chunk)
+        logits = prefill(model, ids[:, reused:], mask[:, reused:], cache, prefill_chunk, start=reused)
     if num_samples > 1:
         cache = cache.repeat_rows(num_samples)
         logits = logits.repeat_interleave(num_samples, dim=0)
@@ -192,6 +218,7 @@ def stream(
         logprobs = token_logprobs(processed, chosen)
         chosen_list, logprob_list = chosen.tolist(), logprobs.tolist()  # one host sync per step
         seen[:, width + t] = chosen
+        history.append(chosen_list[0])
         seen_mask[:, width + t] = torch.tensor(active, device=device)
         for row in range(rows):
             if active[row]:
@@ -228,6 +255,7 @@ def stream(
             draft_logprobs = token_logprobs(checked[:accepted], predicted[:accepted]).tolist()
             for i in range(accepted):
                 seen[0, width + t] = draft[i]
+                history.append(draft[i])
                 seen_mask[0, width + t] = True
                 lookup.append(draft[i])
                 yield emit(0, draft[i], draft_logprobs[i], t)
@@ -281,6 +309,7 @@ def generate(
     prompt_lookup: bool | None = None,
     decode: str = "auto",
     heal: str = "",
+    slot: Slot | None = None,
 ) -> list[Completion]:
     """Collect `stream` into one `Completion` per row; `on_step` sees each step as it happens (for streaming).
     Each completion's tokens and logprob describe exactly its text: tokens whose text a stop string or a filter
@@ -290,7 +319,7 @@ def generate(
     raws: list[list[str]] = [[] for _ in range(rows)]
     logprobs: list[list[float]] = [[] for _ in range(rows)]
     for step in stream(model, tokenizer, prompts, sampling, stop, num_samples, prefill_chunk, generator,
-                       prompt_lookup, decode, heal):
+                       prompt_lookup, decode, heal, slot):
         c = completions[step.row]
         c.text += step.text
         if step.finish_reason == "stop" and step.token in stop.token_ids:

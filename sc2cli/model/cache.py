@@ -48,10 +48,14 @@ class KVCache:
         max_length: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        reserve: int = 0,
     ) -> None:
         window = config.sliding_window
         self.window = window
-        self.capacity = min(max_length, window) if window is not None else max_length
+        # `reserve` slots beyond the window keep columns a later prompt may give up (see `keep`).
+        self.capacity = min(max_length, window + reserve) if window is not None else max_length
+        # Whether the slots in use hold exactly the columns a new query may see: then masks can be skipped.
+        self.ring_is_window = window is None or self.capacity <= window
         shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, self.capacity, config.head_size)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
@@ -65,6 +69,11 @@ class KVCache:
         # Set by a static decode step (see decode.py): the column being written, as a device tensor.
         self.static_column: Tensor | None = None
         self._static_slot: Tensor | None = None
+
+    @property
+    def open_step(self) -> bool:
+        """Whether a step was begun and not ended (a forward pass broken off)."""
+        return self._step is not None
 
     @property
     def batch_size(self) -> int:
@@ -103,7 +112,7 @@ class KVCache:
         self._step = _Step(start, num_new, slots, new_columns, new_valid, write_first, tentative)
         if valid is not None and not self.padded:
             self.padded = not bool(new_valid.all())
-        if write_first and not self.padded:
+        if write_first and not self.padded and self.ring_is_window:
             # The slots in use hold only real columns inside the window (the ring keeps exactly the window).
             if num_new == 1:
                 return None
@@ -185,6 +194,30 @@ class KVCache:
         self.seen += count
         self._pending = []
         self._step = None
+
+    def keep(self, columns: int) -> bool:
+        """Forget every column from `columns` on, so that the next ones continue from there (a new prompt that
+        shares its first `columns` tokens with what the cache holds). False, and nothing changed, when a column a
+        new query would attend to was already overwritten: the ring keeps the window plus `reserve` columns, so
+        at most `reserve` columns past `columns` may have been written."""
+        if not 0 < columns <= self.seen or self._step is not None:
+            return False
+        needed_from = 0 if self.window is None else max(0, columns - self.window + 1)
+        held = self.slot_columns[torch.arange(needed_from, columns, device=self.slot_columns.device) % self.capacity]
+        if not bool((held == torch.arange(needed_from, columns, device=held.device)).all()):
+            return False
+        # (The emptied slots are refilled before any query could see past them where masks are skipped: without a
+        # window slot i holds column i, and a ring of exactly the window can only give up its newest column.)
+        self.slot_columns.masked_fill_(self.slot_columns >= columns, -1)
+        self.seen = columns
+        return True
+
+    def reset(self) -> None:
+        """Empty, for a run from the first column."""
+        self.slot_columns.fill_(-1)
+        self.slot_valid.fill_(True)
+        self.seen, self.padded = 0, False
+        self.ring_is_window = self.window is None or self.capacity <= self.window
 
     def positions_held(self) -> int:
         return int((self.slot_columns >= 0).sum())
