@@ -24,11 +24,11 @@ def load_model(model: str | None, revision: str | None, device: str | None, dtyp
                model_class=None, quantize: str = "none", checkpoint=None):
     """The model on its device (config defaults for device and dtype), with a status line at a terminal."""
     from ..checkpoint import load_model as load
+    from ..devices import configured
 
     checkpoint = checkpoint or open_checkpoint(model, revision, offline)
-    from ..devices import configured  # the settings' device and dtype where none is given (a bad one names its source)
-    loaded = load(checkpoint, *configured(device, dtype),
-                  quantize=quantize, model_class=model_class)
+    # The settings' device and dtype where none is given (a bad stored one names where it came from).
+    loaded = load(checkpoint, *configured(device, dtype), quantize=quantize, model_class=model_class)
     if sys.stderr.isatty():
         m = loaded.model
         weights = str(m.dtype).removeprefix("torch.") + (", int8 weights" if quantize == "int8" else "")
@@ -57,7 +57,8 @@ def generation_job(max_new_tokens: int, num_samples: int, temperature: float, to
     if prompt_lookup and not lookup_applies(sampling, num_samples):  # (one prompt: its samples are the rows)
         raise UsageError(f"--lookup: {LOOKUP_NEEDS}")
     return GenerationJob(sampling=sampling, max_new_tokens=max_new_tokens, num_samples=num_samples,
-                         stop=tuple(unescape(s) for s in stop or ()), ignore_eos=ignore_eos, prompt_lookup=prompt_lookup, decode=decode)
+                         stop=tuple(unescape(s) for s in stop or ()), ignore_eos=ignore_eos,
+                         prompt_lookup=prompt_lookup, decode=decode)
 
 
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
@@ -79,12 +80,16 @@ def sampling_params(temperature, top_k, top_p, min_p, repetition_penalty, seed):
         raise UsageError(f"--{str(err).replace('_', '-')}") from None
 
 
+def read_stdin_bytes() -> bytes:
+    return sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+
+
 def read_text_input(text: str | None, what: str = "prompt") -> str:
     """The argument, or stdin when the argument is '-' or absent and stdin is piped."""
     if text is None or text == "-":
         if text is None and sys.stdin.isatty():
             raise UsageError(f"give a {what} as an argument or pipe it on stdin")
-        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        data = read_stdin_bytes()
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:

@@ -149,7 +149,7 @@ def infill(
 
 def read_file_bytes(file: str) -> bytes:
     if file == "-":
-        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        data = common.read_stdin_bytes()
     else:
         path = Path(file)
         if path.is_dir():

@@ -15,15 +15,17 @@ import torch
 from torch import Tensor
 
 from ..model.cache import KVCache
+from ..tokenizer import IncrementalDetokenizer, Tokenizer
 from .decode import GRAPH_MODES, make_step, resolve_mode
 from .healing import Healer
 from .lookup import LOOKUP_NEEDS, PromptLookup, lookup_applies
-from .slots import Slot
 from .sampling import SamplingParams, make_generator, process_logits, sample, token_logprobs
+from .slots import Slot
 from .stopping import Chain, StopStringMatcher, TextFilter
-from ..tokenizer import IncrementalDetokenizer, Tokenizer
 
 DEFAULT_PREFILL_CHUNK = 512
+
+
 @dataclass
 class Step:
     """One generated token of one row. `text` is the new, final text (stop strings and special tokens removed)."""
@@ -86,8 +88,8 @@ def prefill(model, ids: Tensor, mask: Tensor, cache: KVCache, chunk_size: int = 
     """
     positions = (mask.cumsum(-1) - 1).clamp(min=0) + start
     logits = None
-    for start in range(0, ids.shape[1], chunk_size):
-        cols = slice(start, start + chunk_size)
+    for first in range(0, ids.shape[1], chunk_size):
+        cols = slice(first, first + chunk_size)
         logits = model(ids[:, cols], attention_mask=mask[:, cols], position_ids=positions[:, cols], cache=cache,
                        logits_to_keep=1).logits
     return logits[:, -1]
@@ -145,124 +147,116 @@ def stream(
         cache, reused = slot.cache, slot.reuse(prompts[0])
     history: list[int] = []  # row 0's tokens as chosen, in order (what a slot's cache then holds)
     try:
-        yield from _generate(model, tokenizer, prompts, sampling, stop, num_samples, prefill_chunk, generator,
-                             prompt_lookup, decode, heal, ids, mask, cache, reused, new_tokens, limit, pad_id,
-                             history)
+        with torch.inference_mode():
+            logits = prefill(model, ids[:, reused:], mask[:, reused:], cache, prefill_chunk, start=reused)
+        if num_samples > 1:
+            cache = cache.repeat_rows(num_samples)
+            logits = logits.repeat_interleave(num_samples, dim=0)
+            ids = ids.repeat_interleave(num_samples, dim=0)
+            mask = mask.repeat_interleave(num_samples, dim=0)
+        rows = ids.shape[0]
+        if generator is None:
+            generator = make_generator(sampling.seed, device)
+
+        # Every token seen so far (prompt + generated), preallocated, for the repetition penalty.
+        seen = torch.cat([ids, torch.full((rows, new_tokens), pad_id, dtype=torch.long, device=device)], dim=1)
+        seen_mask = torch.cat([mask.bool(), torch.zeros((rows, new_tokens), dtype=torch.bool, device=device)], dim=1)
+        width = ids.shape[1]
+        next_position = mask.sum(-1)  # (rows,)
+        prompt_lengths = [len(prompts[r // num_samples]) for r in range(rows)]
+
+        detokenizers = [IncrementalDetokenizer(tokenizer, skip_special_tokens=True) if tokenizer else None
+                        for _ in range(rows)]
+        matchers = [stop.make_filter(row) for row in range(rows)]
+        active = [True] * rows
+
+        def emit(row: int, token: int, logprob: float, t: int) -> Step:
+            """The step of the row's t-th new token (0-based); marks the row finished when it ends there."""
+            if token in stop.token_ids:
+                active[row] = False
+                tail, text = _flush(detokenizers[row], matchers[row])
+                return Step(row, token, text, logprob, "stop", raw=tail)
+            raw = detokenizers[row].add(token) if detokenizers[row] else ""
+            text = raw
+            if healer is not None:
+                healer.advance(row, token)
+                text = healer.strip(row, text)
+            text, hit = matchers[row].feed(text)
+            if hit:
+                active[row] = False
+                return Step(row, token, text, logprob, "stop", raw=raw)
+            if t == new_tokens - 1 or prompt_lengths[row] + t + 1 >= limit:
+                active[row] = False
+                tail, rest = _flush(detokenizers[row], matchers[row])
+                return Step(row, token, text + rest, logprob, "length", raw=raw + tail)
+            return Step(row, token, text, logprob, raw=raw)
+
+        decode = resolve_mode(decode, model)
+        decode_step = None  # built at the first decoded token, so a CUDA graph's capture never delays the first one
+        if prompt_lookup is None:
+            prompt_lookup = lookup_applies(sampling, rows) and decode not in GRAPH_MODES
+        elif prompt_lookup and not lookup_applies(sampling, rows):
+            raise ValueError(LOOKUP_NEEDS)
+        lookup = PromptLookup(prompts[0]) if prompt_lookup else None
+
+        healer = Healer(tokenizer, heal, rows) if heal and tokenizer is not None else None
+        t = 0
+        while True:
+            if healer is not None and healer.active():
+                logits = healer.constrain(logits)
+            processed = process_logits(logits, sampling, seen[:, :width + t], seen_mask[:, :width + t])
+            chosen = sample(processed, generator, sampling.greedy)
+            logprobs = token_logprobs(processed, chosen)
+            chosen_list, logprob_list = chosen.tolist(), logprobs.tolist()  # one host sync per step
+            seen[:, width + t] = chosen
+            history.append(chosen_list[0])
+            seen_mask[:, width + t] = torch.tensor(active, device=device)
+            for row in range(rows):
+                if active[row]:
+                    yield emit(row, chosen_list[row], logprob_list[row], t)
+            if not any(active):
+                return
+            t += 1
+            draft = []
+            if lookup is not None:
+                lookup.append(chosen_list[0])
+                if not (healer is not None and healer.active()):  # (a draft check would not apply the healing)
+                    draft = lookup.draft(limit=new_tokens - t - 1)  # leave room for the token the last check adds
+            if not draft:
+                with torch.inference_mode():
+                    if decode_step is None:
+                        decode_step = make_step(model, cache, decode)
+                    # Finished rows keep decoding (their tokens are ignored), so no mask is needed for the new column.
+                    logits = decode_step(chosen, next_position)
+                next_position += 1
+                continue
+            # One pass over the chosen token and the draft: position i predicts the token after draft[:i].
+            ids_in = torch.tensor([[chosen_list[0], *draft]], dtype=torch.long, device=device)
+            positions = next_position[:, None] + torch.arange(len(draft) + 1, device=device)
+            with torch.inference_mode():
+                all_logits = model(ids_in, position_ids=positions, cache=cache, tentative=True).logits[0]
+            checked = process_logits(all_logits, sampling, seen[:, :width + t].expand(len(draft) + 1, -1),
+                                     seen_mask[:, :width + t].expand(len(draft) + 1, -1))
+            predicted = checked.argmax(-1)
+            agree = (predicted[:-1] == torch.tensor(draft, device=device)).tolist()
+            accepted = agree.index(False) if False in agree else len(draft)
+            cache.commit(1 + accepted)
+            next_position += 1 + accepted
+            if accepted:
+                draft_logprobs = token_logprobs(checked[:accepted], predicted[:accepted]).tolist()
+                for i in range(accepted):
+                    seen[0, width + t] = draft[i]
+                    history.append(draft[i])
+                    seen_mask[0, width + t] = True
+                    lookup.append(draft[i])
+                    yield emit(0, draft[i], draft_logprobs[i], t)
+                    t += 1
+                    if not active[0]:
+                        return
+            logits = all_logits[accepted][None]
     finally:
         if slot is not None:
             slot.remember([*prompts[0], *history])
-
-
-def _generate(model, tokenizer, prompts, sampling, stop, num_samples, prefill_chunk, generator, prompt_lookup,
-              decode, heal, ids, mask, cache, reused, new_tokens, limit, pad_id, history) -> Iterator[Step]:
-    """The body of `stream`: prefill (from column `reused` on), then decode."""
-    device = model.device
-    with torch.inference_mode():
-        logits = prefill(model, ids[:, reused:], mask[:, reused:], cache, prefill_chunk, start=reused)
-    if num_samples > 1:
-        cache = cache.repeat_rows(num_samples)
-        logits = logits.repeat_interleave(num_samples, dim=0)
-        ids = ids.repeat_interleave(num_samples, dim=0)
-        mask = mask.repeat_interleave(num_samples, dim=0)
-    rows = ids.shape[0]
-    if generator is None:
-        generator = make_generator(sampling.seed, device)
-
-    # Every token seen so far (prompt + generated), preallocated, for the repetition penalty.
-    seen = torch.cat([ids, torch.full((rows, new_tokens), pad_id, dtype=torch.long, device=device)], dim=1)
-    seen_mask = torch.cat([mask.bool(), torch.zeros((rows, new_tokens), dtype=torch.bool, device=device)], dim=1)
-    width = ids.shape[1]
-    next_position = mask.sum(-1)  # (rows,)
-    prompt_lengths = [len(prompts[r // num_samples]) for r in range(rows)]
-
-    detokenizers = [IncrementalDetokenizer(tokenizer, skip_special_tokens=True) if tokenizer else None for _ in range(rows)]
-    matchers = [stop.make_filter(row) for row in range(rows)]
-    active = [True] * rows
-
-    def emit(row: int, token: int, logprob: float, t: int) -> Step:
-        """The step of the row's t-th new token (0-based); marks the row finished when it ends there."""
-        if token in stop.token_ids:
-            active[row] = False
-            tail, text = _flush(detokenizers[row], matchers[row])
-            return Step(row, token, text, logprob, "stop", raw=tail)
-        raw = detokenizers[row].add(token) if detokenizers[row] else ""
-        text = raw
-        if healer is not None:
-            healer.advance(row, token)
-            text = healer.strip(row, text)
-        text, hit = matchers[row].feed(text)
-        if hit:
-            active[row] = False
-            return Step(row, token, text, logprob, "stop", raw=raw)
-        if t == new_tokens - 1 or prompt_lengths[row] + t + 1 >= limit:
-            active[row] = False
-            tail, rest = _flush(detokenizers[row], matchers[row])
-            return Step(row, token, text + rest, logprob, "length", raw=raw + tail)
-        return Step(row, token, text, logprob, raw=raw)
-
-    decode = resolve_mode(decode, model)
-    decode_step = None  # built at the first decoded token, so a CUDA graph's capture never delays the first one
-    if prompt_lookup is None:
-        prompt_lookup = lookup_applies(sampling, rows) and decode not in GRAPH_MODES
-    elif prompt_lookup and not lookup_applies(sampling, rows):
-        raise ValueError(LOOKUP_NEEDS)
-    lookup = PromptLookup(prompts[0]) if prompt_lookup else None
-
-    healer = Healer(tokenizer, heal, rows) if heal and tokenizer is not None else None
-    t = 0
-    while True:
-        if healer is not None and healer.active():
-            logits = healer.constrain(logits)
-        processed = process_logits(logits, sampling, seen[:, :width + t], seen_mask[:, :width + t])
-        chosen = sample(processed, generator, sampling.greedy)
-        logprobs = token_logprobs(processed, chosen)
-        chosen_list, logprob_list = chosen.tolist(), logprobs.tolist()  # one host sync per step
-        seen[:, width + t] = chosen
-        history.append(chosen_list[0])
-        seen_mask[:, width + t] = torch.tensor(active, device=device)
-        for row in range(rows):
-            if active[row]:
-                yield emit(row, chosen_list[row], logprob_list[row], t)
-        if not any(active):
-            return
-        t += 1
-        draft = []
-        if lookup is not None:
-            lookup.append(chosen_list[0])
-            if not (healer is not None and healer.active()):  # (a draft check would not apply the healing)
-                draft = lookup.draft(limit=new_tokens - t - 1)  # leave room for the token the last check adds
-        if not draft:
-            with torch.inference_mode():
-                if decode_step is None:
-                    decode_step = make_step(model, cache, decode)
-                # Finished rows keep decoding (their tokens are ignored), so no mask is needed for the new column.
-                logits = decode_step(chosen, next_position)
-            next_position += 1
-            continue
-        # One pass over the chosen token and the draft: position i predicts the token after draft[:i].
-        ids_in = torch.tensor([[chosen_list[0], *draft]], dtype=torch.long, device=device)
-        positions = next_position[:, None] + torch.arange(len(draft) + 1, device=device)
-        with torch.inference_mode():
-            all_logits = model(ids_in, position_ids=positions, cache=cache, tentative=True).logits[0]
-        checked = process_logits(all_logits, sampling, seen[:, :width + t].expand(len(draft) + 1, -1),
-                                 seen_mask[:, :width + t].expand(len(draft) + 1, -1))
-        predicted = checked.argmax(-1)
-        agree = (predicted[:-1] == torch.tensor(draft, device=device)).tolist()
-        accepted = agree.index(False) if False in agree else len(draft)
-        cache.commit(1 + accepted)
-        next_position += 1 + accepted
-        if accepted:
-            draft_logprobs = token_logprobs(checked[:accepted], predicted[:accepted]).tolist()
-            for i in range(accepted):
-                seen[0, width + t] = draft[i]
-                history.append(draft[i])
-                seen_mask[0, width + t] = True
-                lookup.append(draft[i])
-                yield emit(0, draft[i], draft_logprobs[i], t)
-                t += 1
-                if not active[0]:
-                    return
-        logits = all_logits[accepted][None]
 
 
 def _flush(detokenizer: IncrementalDetokenizer | None, matcher: TextFilter) -> tuple[str, str]:
