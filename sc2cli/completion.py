@@ -14,6 +14,7 @@ from .backends.base import Backend, GenerationJob, GenerationRun
 from .errors import InputError
 from .fim.scope import IndentStyle, MiddleFilter
 from .generation.healing import split_trailing_whitespace
+from .generation.stopping import chain_filters
 
 MODES = ("auto", "free", "block", "line")
 STYLE_SAMPLE_CHARS = 4000  # the indentation style is read from the end of the prompt
@@ -62,7 +63,9 @@ def plan(request: CompletionRequest, tokenizer, config) -> CompletionPlan:
     ids = tokenizer.encode(body)
     kept = fit_prompt(ids, config.max_position_embeddings, request.job.max_new_tokens, request.truncate)
     mode = resolve_mode(request.mode, request.prompt)
-    job = replace(request.job, text_filter=scope_filter(mode, request.prompt), heal=owed)
+    # The request's own filter (a server's time limit) sees the text after the scope's.
+    job = replace(request.job, text_filter=chain_filters(scope_filter(mode, request.prompt), request.job.text_filter),
+                  heal=owed)
     return CompletionPlan(kept, len(ids) - len(kept), mode, job)
 
 

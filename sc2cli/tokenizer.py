@@ -31,6 +31,10 @@ class Tokenizer:
 
     def __init__(self, tokenizer: tokenizers.Tokenizer) -> None:
         self._tok = tokenizer
+        # A second copy that reads special-token strings as plain text (for `encode_text`). Switching one
+        # instance's `encode_special_tokens` back and forth would race when requests of a server encode at once.
+        self._literal = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+        self._literal.encode_special_tokens = True
         self._token_strings: list[str] | None = None
 
     def token_strings(self) -> list[str]:
@@ -98,11 +102,7 @@ class Tokenizer:
     def encode_text(self, text: str) -> list[int]:
         """Token ids of `text` taken literally: special-token strings in it are plain text (for file contents,
         which must never inject FIM markers into a prompt)."""
-        self._tok.encode_special_tokens = True
-        try:
-            return self._tok.encode(text, add_special_tokens=False).ids
-        finally:
-            self._tok.encode_special_tokens = False
+        return self._literal.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of `ids`. Whitespace is kept byte for byte: the ByteLevel decoder does no clean-up."""

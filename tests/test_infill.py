@@ -883,6 +883,21 @@ class _Shape:
         self.max_position_embeddings, self.sliding_window = context, window
 
 
+def test_typing_at_the_cursor_keeps_the_start_of_a_cut_prompt(tok, long_file):
+    """A server reuses the cached start of the last prompt: one more character typed at the cursor must change
+    the prompt at the cursor, not at its start (the prefix is cut at stable lines)."""
+    prefix, suffix = long_file
+    budget = prompting.token_budget(_Shape(), 128)
+    typed = "    total = sum(value * 2 for value in values) + offset\n" * 3
+    prompts = [prompting.build_prompt(tok, prefix + typed[:n], suffix, budget).ids for n in range(len(typed))]
+    marker = tok.token_id("<fim_suffix>")
+    moved = 0  # keystrokes after which the prompt changed before the last few tokens of the prefix
+    for before, after in zip(prompts, prompts[1:]):
+        shared = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b), min(len(before), len(after)))
+        moved += shared < before.index(marker) - 4
+    assert moved <= 1  # (one cut at the next stable line at most, in 168 keystrokes)
+
+
 def test_budget_is_the_context_minus_the_new_tokens_not_the_window():
     assert prompting.token_budget(_Shape(), 128) == prompting.Budget(total=1920, suffix=382)
     assert prompting.token_budget(_Shape(window=None), 128) == prompting.Budget(total=1920, suffix=None)
@@ -895,7 +910,12 @@ def test_long_file_keeps_context_beyond_the_window_and_the_suffix_inside_it(tok,
     prefix, suffix = long_file
     budget = prompting.token_budget(_Shape(), 128)
     prompt = prompting.build_prompt(tok, prefix, suffix, budget)
-    assert budget.total - 40 <= len(prompt.ids) <= budget.total  # the context is used, not just the window
+    assert len(prompt.ids) <= budget.total
+    # The context is used, not just the window: the prefix is cut at a stable line (a multiple of STABLE_LINES,
+    # so that prompts reuse their cache while a user types), and the stable cut before it would not fit.
+    dropped = prefix[: len(prefix) - len(prompt.prefix)].splitlines(keepends=True)
+    assert len(dropped) % prompting.STABLE_LINES == 0
+    assert len(prompt.ids) + len(tok.encode_text("".join(dropped[-prompting.STABLE_LINES:]))) > budget.total
     assert len(prompt.ids) > 512
     suffix_tokens = len(tok.encode_text(prompt.suffix))
     assert 0 < suffix_tokens <= budget.suffix  # the prefix's end stays in view of every generated token

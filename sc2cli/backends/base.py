@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..generation.params import SamplingParams
 
 if TYPE_CHECKING:  # (a request is built before torch is imported: a dry run never imports it)
-    from ..generation.engine import Completion, Step
+    from ..generation.results import Completion, Step
     from ..generation.stopping import TextFilter
     from ..tokenizer import Tokenizer
 
@@ -28,6 +28,13 @@ class GenerationJob:
     heal: str = ""  # whitespace cut from the end of the prompt that every row must begin with
     prompt_lookup: bool | None = None  # None: where it applies
     decode: str = "auto"
+    # Asked between steps: True ends the run at once with `Cancelled` (a client that left). Not a way to end a
+    # completion with its text so far: that is a text filter's job (see stopping.py).
+    cancelled: Callable[[], bool] | None = None
+
+
+class Cancelled(Exception):
+    """A run ended because its job's `cancelled()` said so; nothing it made is returned."""
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import PurePath
 
 from ..backends.base import Backend, GenerationJob, GenerationRun
 from ..errors import InputError
+from ..generation.stopping import chain_filters
 from ..tokenizer import Tokenizer
 from .formats import ContextFile
 from .prompt import Budget, Prompt, build_prompt, token_budget
@@ -130,8 +131,8 @@ def fill(request: InfillRequest, backend: Backend, on_text: Callable[[str], None
     made (row 0: with one sample that is the result; the streamed text is exactly the final middle)."""
     planned = planned or plan(request, backend.tokenizer, backend.config)
     prompt = planned.prompt
-    job = replace(request.job, text_filter=lambda row: MiddleFilter(planned.mode, prompt.prefix, prompt.suffix,
-                                                                    planned.style))
+    middle = lambda row: MiddleFilter(planned.mode, prompt.prefix, prompt.suffix, planned.style)  # noqa: E731
+    job = replace(request.job, text_filter=chain_filters(middle, request.job.text_filter))
     on_step = (lambda step: on_text(step.text) if step.row == 0 else None) if on_text else None
     run = backend.generate([prompt.ids], job, on_step=on_step)
     python = request.python

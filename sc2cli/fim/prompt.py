@@ -8,6 +8,11 @@ suffix are cut at line boundaries from their far ends, about 3:1 in favour of th
 
 Time and memory follow the budget, not the file: a long file is first cut by characters around the cursor, then
 tokenized.
+
+Cuts are stable while a user types (so that a server reuses the cached prompt, see generation/slots.py): the
+prefix is cut only at every STABLE_LINES-th line of the text given, so one more character at the cursor changes
+the prompt at the cursor, not at its start, except once every STABLE_LINES lines of typing. (A context file left
+out as the file grows stays out: that costs one cold prompt, once.)
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .formats import ContextFile, encode_fim_prompt, psm_text, repo_context_text
 # the longest); text further than budget * this from the cursor can never fit, so it is cut before tokenizing.
 MAX_CHARS_PER_TOKEN = 32
 MARKERS_AFTER_PREFIX = 2  # <fim_suffix> and <fim_middle>
+STABLE_LINES = 16
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ def build_prompt(tokenizer: Tokenizer, prefix: str, suffix: str, budget: Budget 
         budget = Budget(budget)
     full_prefix, full_suffix = prefix, suffix
     reach = budget.total * MAX_CHARS_PER_TOKEN
-    prefix = _tail_lines(prefix, reach)
+    prefix, first_line = _tail_lines(prefix, reach)
     suffix = _head_lines(suffix, reach)
     if budget.suffix is not None:
         suffix = _keep_head(tokenizer, suffix, budget.suffix)
@@ -110,7 +116,7 @@ def build_prompt(tokenizer: Tokenizer, prefix: str, suffix: str, budget: Budget 
     files = kept[::-1]  # back in prompt order
     if own > budget.total:  # the file alone does not fit: cut its far ends
         prefix, suffix = _cut_prefix_and_suffix(tokenizer, prefix, suffix, budget.total - (own - _text_tokens(
-            tokenizer, prefix, suffix)), lambda p, s: count(p, s, files) <= budget.total)
+            tokenizer, prefix, suffix)), lambda p, s: count(p, s, files) <= budget.total, first_line)
     ids = encode_fim_prompt(tokenizer, prefix, suffix, head, files, repo_name)
     truncation = Truncation(dropped, len(full_prefix) - len(prefix), len(full_suffix) - len(suffix))
     text = repo_context_text(files, repo_name) + psm_text(prefix, suffix, head)
@@ -121,27 +127,36 @@ def _text_tokens(tokenizer: Tokenizer, prefix: str, suffix: str) -> int:
     return len(tokenizer.encode_text(prefix)) + len(tokenizer.encode_text(suffix))
 
 
-def _cut_prefix_and_suffix(tokenizer: Tokenizer, prefix: str, suffix: str, room: int, fits) -> tuple[str, str]:
-    """Keep the end of the prefix and the start of the suffix within `room` tokens, about 3:1 for the prefix."""
+def _cut_prefix_and_suffix(tokenizer: Tokenizer, prefix: str, suffix: str, room: int, fits,
+                           first_line: int = 0) -> tuple[str, str]:
+    """Keep the end of the prefix and the start of the suffix within `room` tokens, about 3:1 for the prefix.
+    `first_line`: the number of the prefix's first line in the text given (the prefix is cut at stable lines)."""
     full_prefix, full_suffix = prefix, suffix
     while True:
         if room < 2:
             raise InputError("the token budget is too small for this prompt: generate fewer tokens or give less "
                              "context", field="max_new_tokens")
         suffix_room = min(room // 4, len(tokenizer.encode_text(full_suffix)))
-        prefix = _keep_tail(tokenizer, full_prefix, room - suffix_room)
+        prefix = _keep_tail(tokenizer, full_prefix, room - suffix_room, first_line)
         suffix = _keep_head(tokenizer, full_suffix, room - len(tokenizer.encode_text(prefix)))
         if fits(prefix, suffix):
             return prefix, suffix
         room -= 1  # "path\n" is encoded together with the prefix, so the count may be off by a token or two
 
 
-def _tail_lines(text: str, chars: int) -> str:
-    """The whole lines at the end of `text` within `chars` characters (all of it when it is shorter)."""
+def _tail_lines(text: str, chars: int) -> tuple[str, int]:
+    """The whole lines at the end of `text` within `chars` characters, cut at a stable line (all of it when it is
+    shorter); and the number of the first line kept."""
     if len(text) <= chars:
-        return text
-    cut = text.find("\n", len(text) - chars)
-    return text[cut + 1:] if cut >= 0 else text[-chars:]
+        return text, 0
+    outside = text.count("\n", 0, len(text) - chars) + 1  # lines that start before the reach
+    drop = -(-outside // STABLE_LINES) * STABLE_LINES
+    cut = -1
+    for _ in range(drop):
+        cut = text.find("\n", cut + 1)
+        if cut < 0:
+            return text[-chars:], 0  # (one very long line)
+    return text[cut + 1:], drop
 
 
 def _head_lines(text: str, chars: int) -> str:
@@ -151,9 +166,24 @@ def _head_lines(text: str, chars: int) -> str:
     return text[: cut + 1] if cut >= 0 else text[:chars]
 
 
-def _keep_tail(tokenizer: Tokenizer, text: str, limit: int) -> str:
-    """The longest run of whole lines at the end of `text` that fits `limit` tokens."""
+def _keep_tail(tokenizer: Tokenizer, text: str, limit: int, first_line: int = 0) -> str:
+    """The longest run of whole lines at the end of `text` that fits `limit` tokens and starts at a stable line
+    (counted from `first_line`); at any line when the last stable one leaves too much."""
     lines = text.splitlines(keepends=True)
+
+    def fits(drop: int) -> bool:
+        return len(tokenizer.encode_text("".join(lines[drop:]))) <= limit
+
+    stable = [d for d in range(len(lines)) if (first_line + d) % STABLE_LINES == 0]
+    lo, hi = 0, len(stable)  # binary search on the stable cuts
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(stable[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo < len(stable):
+        return "".join(lines[stable[lo]:])
     lo, hi = 0, len(lines)  # binary search on how many leading lines to drop
     while lo < hi:
         mid = (lo + hi) // 2

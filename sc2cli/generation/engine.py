@@ -9,7 +9,7 @@ exactly what it yields alone; `num_samples` copies of each prompt share one pref
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -19,36 +19,12 @@ from ..tokenizer import IncrementalDetokenizer, Tokenizer
 from .decode import GRAPH_MODES, make_step, resolve_mode
 from .healing import Healer
 from .lookup import LOOKUP_NEEDS, PromptLookup, lookup_applies
+from .results import Completion, Step
 from .sampling import SamplingParams, make_generator, process_logits, sample, token_logprobs
 from .slots import Slot
 from .stopping import Chain, StopStringMatcher, TextFilter
 
 DEFAULT_PREFILL_CHUNK = 512
-
-
-@dataclass
-class Step:
-    """One generated token of one row. `text` is the new, final text (stop strings and special tokens removed)."""
-
-    row: int
-    token: int
-    text: str
-    logprob: float
-    finish_reason: str | None = None  # "stop" or "length" on the row's last step
-    raw: str = ""  # the token's own text as decoded, before healing, stop strings and filters
-
-
-@dataclass
-class Completion:
-    row: int
-    text: str = ""
-    tokens: list[int] = field(default_factory=list)
-    logprob: float = 0.0  # sum over generated tokens (stop token included)
-    finish_reason: str | None = None
-
-    @property
-    def mean_logprob(self) -> float:
-        return self.logprob / max(1, len(self.tokens))
 
 
 @dataclass(frozen=True)
@@ -312,22 +288,28 @@ def generate(
     completions = [Completion(row=r) for r in range(rows)]
     raws: list[list[str]] = [[] for _ in range(rows)]
     logprobs: list[list[float]] = [[] for _ in range(rows)]
-    for step in stream(model, tokenizer, prompts, sampling, stop, num_samples, prefill_chunk, generator,
-                       prompt_lookup, decode, heal, slot):
-        c = completions[step.row]
-        c.text += step.text
-        if step.finish_reason == "stop" and step.token in stop.token_ids:
-            if raws[step.row]:
-                raws[step.row][-1] += step.raw  # a character the stop token completed belongs to the one before
-            c.logprob = sum(logprobs[step.row]) + step.logprob
-        else:
-            c.tokens.append(step.token)
-            raws[step.row].append(step.raw)
-            logprobs[step.row].append(step.logprob)
-            c.logprob = sum(logprobs[step.row])
-        c.finish_reason = step.finish_reason
-        if on_step is not None:
-            on_step(step)
+    steps = stream(model, tokenizer, prompts, sampling, stop, num_samples, prefill_chunk, generator, prompt_lookup,
+                   decode, heal, slot)
+    try:
+        for step in steps:
+            c = completions[step.row]
+            c.text += step.text
+            if step.finish_reason == "stop" and step.token in stop.token_ids:
+                if raws[step.row]:
+                    raws[step.row][-1] += step.raw  # a character the stop token completed belongs to the one before
+                c.logprob = sum(logprobs[step.row]) + step.logprob
+            else:
+                c.tokens.append(step.token)
+                raws[step.row].append(step.raw)
+                logprobs[step.row].append(step.logprob)
+                c.logprob = sum(logprobs[step.row])
+            c.finish_reason = step.finish_reason
+            if on_step is not None:
+                on_step(step)
+    finally:
+        # Closed here, not whenever it is collected: an exception from `on_step` (a cancelled run) must leave a
+        # slot's bookkeeping done before the slot serves another run.
+        steps.close()
     if tokenizer is not None:
         for c in completions:
             kept = kept_token_count(raws[c.row], c.text, heal)

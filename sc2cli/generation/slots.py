@@ -29,14 +29,19 @@ class Slot:
     def reuse(self, prompt) -> int:
         """Prepare the cache for `prompt`: the number of its first tokens already in the cache (at least one
         token is always evaluated, for the logits of the next)."""
-        common = 0
-        limit = min(len(prompt) - 1, len(self.tokens))
-        while common < limit and self.tokens[common] == prompt[common]:
-            common += 1
+        common = self.common_prefix(prompt)
         if common == 0 or not self.cache.keep(common):
             self.cache.reset()
             common = 0
         self.reused = common
+        return common
+
+    def common_prefix(self, prompt) -> int:
+        """How many of `prompt`'s first tokens the cache holds, leaving at least its last one to evaluate."""
+        common = 0
+        limit = min(len(prompt) - 1, len(self.tokens))
+        while common < limit and self.tokens[common] == prompt[common]:
+            common += 1
         return common
 
     def remember(self, tokens) -> None:

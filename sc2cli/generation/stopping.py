@@ -6,7 +6,8 @@ ends. Once a filter has stopped it emits nothing more.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 
@@ -76,3 +77,75 @@ class StopStringMatcher:
         """At the end of generation, held-back text is no stop string after all."""
         text, self.pending = ("" if self.stopped else self.pending), ""
         return text
+
+
+def chain_filters(*factories: Callable[[int], TextFilter] | None) -> Callable[[int], TextFilter] | None:
+    """One per-row filter factory from several (None where there are none): text flows through them in order."""
+    present = [f for f in factories if f is not None]
+    if not present:
+        return None
+
+    def make(row: int) -> TextFilter:
+        chained = present[0](row)
+        for factory in present[1:]:
+            chained = Chain(chained, factory(row))
+        return chained
+
+    return make
+
+
+class IndentStop:
+    """llama.cpp's `n_indent`: after the first line break, a line that starts with fewer than `indent` spaces or
+    tabs before anything else (a blank line included) ends the text there; the short indent itself stays."""
+
+    def __init__(self, indent: int) -> None:
+        self.indent = indent
+        self.at_line_start = False  # (the first line, the rest of the cursor's, is never checked)
+        self.width = 0
+        self.stopped = False
+
+    def feed(self, delta: str) -> tuple[str, bool]:
+        if self.stopped:
+            return "", True
+        for i, ch in enumerate(delta):
+            if self.at_line_start:
+                if ch in " \t":
+                    self.width += 1
+                    continue
+                if self.width < self.indent:
+                    self.stopped = True
+                    return delta[:i], True
+                self.at_line_start = False
+            if ch == "\n":
+                self.at_line_start, self.width = True, 0
+        return delta, False
+
+    def flush(self) -> str:
+        return ""
+
+
+class TimeLimit:
+    """Ends the text once `seconds` have passed since its first piece, keeping everything made so far. With
+    `at_line_break` (llama.cpp's `t_max_predict_ms`), only at a piece that holds a line break, so the text ends
+    with whole lines."""
+
+    def __init__(self, seconds: float, at_line_break: bool = False, clock: Callable[[], float] = time.monotonic):
+        self.seconds = seconds
+        self.at_line_break = at_line_break
+        self.clock = clock
+        self.started: float | None = None
+        self.fired = False
+
+    def feed(self, delta: str) -> tuple[str, bool]:
+        if self.fired:
+            return "", True
+        now = self.clock()
+        if self.started is None:
+            self.started = now
+        if now - self.started > self.seconds and (not self.at_line_break or "\n" in delta):
+            self.fired = True
+            return delta, True
+        return delta, False
+
+    def flush(self) -> str:
+        return ""
