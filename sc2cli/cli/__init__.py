@@ -28,6 +28,7 @@ from .complete import complete  # noqa: E402
 from .download import download  # noqa: E402
 from .info import info  # noqa: E402
 from .infill import infill  # noqa: E402
+from .serve import serve  # noqa: E402
 from .train import train  # noqa: E402
 
 app = typer.Typer(
@@ -40,6 +41,7 @@ app = typer.Typer(
 app.command(no_args_is_help=False)(complete)
 app.command()(infill)
 app.command()(classify)
+app.command()(serve)
 app.command()(download)
 app.add_typer(models.app, name="models")
 app.command()(info)

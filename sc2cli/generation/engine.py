@@ -316,4 +316,6 @@ def generate(
             if kept < len(c.tokens):
                 c.tokens = c.tokens[:kept]
                 c.logprob = sum(logprobs[c.row][:kept])
+    for c in completions:
+        c.token_logprobs = logprobs[c.row][: len(c.tokens)]
     return completions

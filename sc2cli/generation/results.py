@@ -24,6 +24,7 @@ class Completion:
     text: str = ""
     tokens: list[int] = field(default_factory=list)
     logprob: float = 0.0  # sum over generated tokens (stop token included)
+    token_logprobs: list[float] = field(default_factory=list)  # each kept token's (stop token not included)
     finish_reason: str | None = None
 
     @property
