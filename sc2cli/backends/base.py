@@ -31,6 +31,7 @@ class GenerationJob:
     # Asked between steps: True ends the run at once with `Cancelled` (a client that left). Not a way to end a
     # completion with its text so far: that is a text filter's job (see stopping.py).
     cancelled: Callable[[], bool] | None = None
+    reuse_prompt: bool = True  # False: evaluate the whole prompt even where a slot holds its start (benchmarks)
 
 
 class Cancelled(Exception):

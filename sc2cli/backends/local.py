@@ -71,6 +71,8 @@ class LocalBackend:
             check_cancelled()  # (it may have waited for the slot and the turn)
             started = time.perf_counter()
             slot = slot if single else None
+            if slot is not None and not job.reuse_prompt:
+                slot.forget()
             completions = generate(self.model, self.tokenizer, prompts, job.sampling, conditions, job.num_samples,
                                    generator=generator, on_step=step_seen, prompt_lookup=job.prompt_lookup,
                                    decode=job.decode, heal=job.heal, slot=slot)

@@ -36,6 +36,15 @@ def load_model(model: str | None, revision: str | None, device: str | None, dtyp
     return loaded
 
 
+def refuse_local_options(**given) -> None:
+    """With --server the server's model runs where it was started: options that pick or place a local model
+    would be silently ignored, so they are refused."""
+    for name, value in given.items():
+        if value not in (None, False, "none"):
+            raise UsageError(f"--{name} does not apply with --server: the server runs the model it was started "
+                             "with (choose it with `sc2 serve --model`)")
+
+
 def local_backend(checkpoint, device: str | None, dtype: str | None, quantize: str):
     from ..backends.local import LocalBackend
 

@@ -17,7 +17,7 @@ from . import common, output
 from .options import (
     SAMPLING_PANEL, DecodeOpt, DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, LegacyLookupOpt, MaxNewTokensOpt, MinPOpt, ModelOpt,
     NoStreamOpt, NoTruncateOpt, NumSamplesOpt, OfflineOpt, PromptLookupOpt, QuantizeOpt, RepetitionPenaltyOpt,
-    RevisionOpt, SeedOpt, StopOpt, TemperatureOpt, TopKOpt, TopPOpt,
+    RevisionOpt, SeedOpt, ServerOpt, StopOpt, TemperatureOpt, TopKOpt, TopPOpt,
 )
 
 
@@ -25,6 +25,7 @@ def complete(
     prompt: Annotated[Optional[str], typer.Argument(
         help="Text to continue; '-' or nothing reads stdin.", show_default=False, metavar="PROMPT")] = None,
     model: ModelOpt = None,
+    server: ServerOpt = None,
     revision: RevisionOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -59,21 +60,26 @@ def complete(
     if num_samples > 1 and job.sampling.greedy:
         output.warning("-n > 1 with greedy decoding gives identical samples; add --temperature to vary them")
     request = CompletionRequest(common.read_text_input(prompt), mode=mode, truncate=not no_truncate, job=job)
-    checkpoint = common.open_checkpoint(model, revision, offline)
-    planned = plan(request, checkpoint.tokenizer, checkpoint.config)
-    if planned.tokens_cut:
-        output.warning(f"prompt cut from the left: {len(planned.ids) + planned.tokens_cut} tokens, kept the last "
-                       f"{len(planned.ids)} of a {checkpoint.config.max_position_embeddings}-token context")
-    room = checkpoint.config.max_position_embeddings - len(planned.ids)
-    if max_new_tokens > room:  # generation stops where the context ends: say so rather than cap it silently
-        output.warning(f"--max-new-tokens {max_new_tokens} does not fit: the {len(planned.ids)}-token prompt leaves "
-                       f"room for {room} in the model's {checkpoint.config.max_position_embeddings}-token context, "
-                       f"so at most {room} tokens will be generated")
-    backend = common.local_backend(checkpoint, device, dtype, quantize)
     streaming = not (no_stream or json_out or num_samples > 1)
-    result = run_completion(request, backend, on_text=output.write if streaming else None, planned=planned)
+    on_text = output.write if streaming else None
+    if server:
+        from ..serve import client
+
+        common.refuse_local_options(model=model, revision=revision, device=device, dtype=dtype, quantize=quantize,
+                                    offline=offline)
+        result, served = client.complete(server, request, on_text=on_text)
+        warn_about_fit(result.prompt_tokens, result.tokens_cut, served.context, max_new_tokens)
+        name, load_s = served.name, served.load_seconds
+    else:
+        checkpoint = common.open_checkpoint(model, revision, offline)
+        planned = plan(request, checkpoint.tokenizer, checkpoint.config)
+        warn_about_fit(len(planned.ids), planned.tokens_cut, checkpoint.config.max_position_embeddings,
+                       max_new_tokens)
+        backend = common.local_backend(checkpoint, device, dtype, quantize)
+        result = run_completion(request, backend, on_text=on_text, planned=planned)
+        name, load_s = backend.name, backend.loaded.load_seconds
     if json_out:
-        output.write_json(completion_json(backend, result))
+        output.write_json(completion_json(name, load_s, result))
     elif num_samples > 1 or no_stream:
         for i, c in enumerate(result.completions):
             if num_samples > 1:
@@ -84,10 +90,21 @@ def complete(
         output.write("\n")  # end the line for a person at a terminal; pipes get the exact text
 
 
-def completion_json(backend, result) -> dict:
+def warn_about_fit(prompt_tokens: int, tokens_cut: int, context: int, max_new_tokens: int) -> None:
+    if tokens_cut:
+        output.warning(f"prompt cut from the left: {prompt_tokens + tokens_cut} tokens, kept the last "
+                       f"{prompt_tokens} of a {context}-token context")
+    room = context - prompt_tokens
+    if max_new_tokens > room:  # generation stops where the context ends: say so rather than cap it silently
+        output.warning(f"--max-new-tokens {max_new_tokens} does not fit: the {prompt_tokens}-token prompt leaves "
+                       f"room for {room} in the model's {context}-token context, so at most {room} tokens will be "
+                       "generated")
+
+
+def completion_json(name: str, load_seconds: float, result) -> dict:
     run = result.run
     return {
-        "model": backend.name,
+        "model": name,
         "choices": [
             {"index": c.row, "text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason,
              "logprob": c.logprob}
@@ -95,7 +112,7 @@ def completion_json(backend, result) -> dict:
         ],
         "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": run.completion_tokens},
         "timings": {
-            "load_s": round(backend.loaded.load_seconds, 4),
+            "load_s": round(load_seconds, 4),
             "time_to_first_token_s": round(run.first_token_s, 4),
             "tokens_per_s": round(run.tokens_per_s, 2) if run.tokens_per_s is not None else None,
         },

@@ -21,7 +21,7 @@ from . import common, output
 from .options import (
     OUTPUT_PANEL, DecodeOpt, DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, LegacyLookupOpt, MaxNewTokensOpt, MinPOpt, ModelOpt,
     NoStreamOpt, NumSamplesOpt, OfflineOpt, PromptLookupOpt, QuantizeOpt, RepetitionPenaltyOpt, RevisionOpt,
-    SeedOpt, StopOpt, TemperatureOpt, TopKOpt, TopPOpt,
+    SeedOpt, ServerOpt, StopOpt, TemperatureOpt, TopKOpt, TopPOpt,
 )
 
 CURSOR_PANEL = "Cursor and context"
@@ -54,6 +54,7 @@ def infill(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the exact prompt; do not run the model.",
                                           rich_help_panel=OUTPUT_PANEL, metavar="")] = False,
     model: ModelOpt = None,
+    server: ServerOpt = None,
     revision: RevisionOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -102,23 +103,30 @@ def infill(
     if write:
         check_replaceable(file)
 
-    checkpoint = common.open_checkpoint(model, revision, offline)
-    planned = plan(request, checkpoint.tokenizer, checkpoint.config)
-    prompt = planned.prompt
-    if prompt.truncation.any:
-        output.warning(f"the prompt did not fit {planned.budget.total} tokens: {prompt.truncation.describe()}")
-    if dry_run:
-        if json_out:
-            output.write_json({"prompt": prompt.text, "prompt_tokens": len(prompt.ids), "ids": prompt.ids,
-                               "cursor": cursor_json(request.cursor), "truncation": prompt.truncation.to_json()})
-        else:
-            output.write(prompt.text)
-            output.status(f"{len(prompt.ids)} prompt tokens")
-        return
-
-    backend = common.local_backend(checkpoint, device, dtype, quantize)
     streaming = not (write or diff or json_out or no_stream or num_samples > 1)
-    result = fill(request, backend, on_text=output.write if streaming else None, planned=planned)
+    on_text = output.write if streaming else None
+    if server:
+        from ..serve import client
+
+        common.refuse_local_options(model=model, revision=revision, device=device, dtype=dtype, quantize=quantize,
+                                    offline=offline)
+        if dry_run:
+            show_prompt(request, client.infill_plan(server, request)[0], json_out)
+            return
+        result, served = client.infill(server, request, on_text=on_text)
+        warn_if_truncated(result.plan)  # (known here only after the run)
+        name = served.name
+    else:
+        checkpoint = common.open_checkpoint(model, revision, offline)
+        planned = plan(request, checkpoint.tokenizer, checkpoint.config)
+        if dry_run:
+            show_prompt(request, planned, json_out)
+            return
+        warn_if_truncated(planned)
+        backend = common.local_backend(checkpoint, device, dtype, quantize)
+        result = fill(request, backend, on_text=on_text, planned=planned)
+        name = backend.name
+    planned, prompt = result.plan, result.plan.prompt
     best = result.best
     if not best.middle:
         output.warning("the model ended the middle at once: nothing to insert at the cursor")
@@ -136,7 +144,7 @@ def infill(
         output.write(unified_diff(data, best.filled, diff_path(file)).decode("utf-8", "surrogateescape"))
     elif json_out:
         output.write_json({
-            "model": backend.name, "middle": best.middle, "finish_reason": best.finish_reason,
+            "model": name, "middle": best.middle, "finish_reason": best.finish_reason,
             "mode": planned.mode, "cursor": cursor_json(request.cursor), "prompt_tokens": len(prompt.ids),
             "truncation": prompt.truncation.to_json(), "seed": result.run.seed,
             "candidates": [c.to_json() for c in result.candidates],
@@ -145,6 +153,23 @@ def infill(
         output.write(best.middle)
     if not (write or diff or json_out) and sys.stdout.isatty() and not best.middle.endswith("\n"):
         output.write("\n")  # end the line for a person at a terminal; pipes get the exact middle
+
+
+def warn_if_truncated(planned) -> None:
+    if planned.prompt.truncation.any:
+        output.warning(f"the prompt did not fit {planned.budget.total} tokens: {planned.prompt.truncation.describe()}")
+
+
+def show_prompt(request, planned, json_out: bool) -> None:
+    """--dry-run: the exact prompt, as text or as JSON."""
+    warn_if_truncated(planned)
+    prompt = planned.prompt
+    if json_out:
+        output.write_json({"prompt": prompt.text, "prompt_tokens": len(prompt.ids), "ids": prompt.ids,
+                           "cursor": cursor_json(request.cursor), "truncation": prompt.truncation.to_json()})
+    else:
+        output.write(prompt.text)
+        output.status(f"{len(prompt.ids)} prompt tokens")
 
 
 def read_file_bytes(file: str) -> bytes:

@@ -21,6 +21,10 @@ DeviceOpt = Annotated[Optional[str], typer.Option(
     help="auto | cpu | cuda | cuda:N | mps.", show_default=False, rich_help_panel=MODEL_PANEL, metavar="NAME")]
 DtypeOpt = Annotated[Optional[str], typer.Option(
     help="auto | float32 | bfloat16 | float16.", show_default=False, rich_help_panel=MODEL_PANEL, metavar="NAME")]
+ServerOpt = Annotated[Optional[str], typer.Option(
+    "--server", envvar="SC2_SERVER", help="Run on a warm `sc2 serve` at this URL (its model; no torch here). "
+    "SC2_API_KEY is sent as its key.", show_default=False, show_envvar=True, rich_help_panel=MODEL_PANEL,
+    metavar="URL")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Use the local cache only.", rich_help_panel=MODEL_PANEL, metavar="")]
 QuantizeOpt = Annotated[str, typer.Option(
     help="none | int8: about half the memory traffic (not the same tokens).", rich_help_panel=SPEED_PANEL, metavar="NAME")]

@@ -135,6 +135,12 @@ def fill(request: InfillRequest, backend: Backend, on_text: Callable[[str], None
     job = replace(request.job, text_filter=chain_filters(middle, request.job.text_filter))
     on_step = (lambda step: on_text(step.text) if step.row == 0 else None) if on_text else None
     run = backend.generate([prompt.ids], job, on_step=on_step)
+    return finish(request, planned, run)
+
+
+def finish(request: InfillRequest, planned: InfillPlan, run: GenerationRun) -> InfillResult:
+    """The result of a run of the request's plan: its completions ranked into candidates (also for a run made
+    elsewhere, by a server)."""
     python = request.python
     candidates = rank(request.source, request.cursor, run.completions, python)
     return InfillResult(request, planned, candidates, run, parses(request.source.data) if python else None)

@@ -9,10 +9,12 @@ allowed. Those characters are the user's own, so they are not printed again.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from ..tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # (torch is imported where a Healer is used: `split_trailing_whitespace` is for torch-free callers)
+    from torch import Tensor
 
 WHITESPACE = " \t\r\n"
 
@@ -36,6 +38,8 @@ class Healer:
         return any(self.owed)
 
     def allowed(self, owed: str) -> Tensor:
+        import torch
+
         if owed not in self._allowed:
             self._allowed[owed] = torch.tensor(
                 [bool(s) and (s.startswith(owed) or owed.startswith(s)) for s in self.strings])

@@ -44,6 +44,11 @@ class Slot:
             common += 1
         return common
 
+    def forget(self) -> None:
+        """Start the next run from its first token."""
+        self.cache.reset()
+        self.tokens = []
+
     def remember(self, tokens) -> None:
         """After a run: the tokens fed to the model in order (prompt and generated), of which the cache holds the
         first `cache.seen`. A run broken inside a step leaves the cache unknown: start again next time."""

@@ -100,20 +100,27 @@ class KVCache:
         # Writing first is safe when nothing a query needs gets overwritten: a single new column (it replaces
         # the one just outside the window) or no wrap-around at all.
         write_first = not tentative and (num_new == 1 or start + num_new <= self.capacity)
+        # The ring slots the queries attend over besides the new columns: those in use, the whole ring once it
+        # has wrapped. (Only those: the same keys in the same order whatever the ring's size, so a slot kept for
+        # prompt reuse computes what a one-shot cache does.)
+        held = start if start + num_new <= self.capacity else self.capacity
         if write_first:
             self.slot_columns[slots] = new_columns
             self.slot_valid[:, slots] = new_valid
             used = min(start + num_new, self.capacity)
             key_columns, key_valid = self.slot_columns[:used], self.slot_valid[:, :used]
         else:
-            # A chunk that wraps: attend over the old ring plus the new columns, then keep the last `capacity`.
-            key_columns = torch.cat([self.slot_columns, new_columns])
-            key_valid = torch.cat([self.slot_valid, new_valid], dim=1)
-        self._step = _Step(start, num_new, slots, new_columns, new_valid, write_first, tentative)
+            # A tentative step, or a chunk that wraps: attend over the ring plus the new columns (a wrapping chunk
+            # then keeps the last `capacity`).
+            key_columns = torch.cat([self.slot_columns[:held], new_columns])
+            key_valid = torch.cat([self.slot_valid[:, :held], new_valid], dim=1)
+        self._step = _Step(start, num_new, slots, new_columns, new_valid, write_first, tentative, held)
         if valid is not None and not self.padded:
             self.padded = not bool(new_valid.all())
-        if write_first and not self.padded and self.ring_is_window:
-            # The slots in use hold only real columns inside the window (the ring keeps exactly the window).
+        # Every slot in use holds a real column inside the window of every query: the ring keeps exactly the window,
+        # or no column has left the window yet.
+        inside = self.ring_is_window or start + num_new <= self.window
+        if write_first and not self.padded and inside:
             if num_new == 1:
                 return None
             if start == 0 and (self.window is None or num_new <= self.window):
@@ -155,8 +162,8 @@ class KVCache:
                 v_cache[:, :, lo:lo + step.num_new] = value
             used = min(step.start + step.num_new, self.capacity)
             return k_cache[:, :, :used], v_cache[:, :, :used]
-        keys = torch.cat([k_cache, key], dim=2)
-        values = torch.cat([v_cache, value], dim=2)
+        keys = torch.cat([k_cache[:, :, :step.held], key], dim=2)
+        values = torch.cat([v_cache[:, :, :step.held], value], dim=2)
         if step.tentative:
             self._pending.append((key, value))
             return keys, values
@@ -234,8 +241,8 @@ class KVCache:
 
 
 class _Step:
-    __slots__ = ("start", "num_new", "slots", "columns", "valid", "write_first", "tentative")
+    __slots__ = ("start", "num_new", "slots", "columns", "valid", "write_first", "tentative", "held")
 
-    def __init__(self, start, num_new, slots, columns, valid, write_first, tentative=False):
-        self.start, self.num_new, self.slots = start, num_new, slots
+    def __init__(self, start, num_new, slots, columns, valid, write_first, tentative=False, held=0):
+        self.start, self.num_new, self.slots, self.held = start, num_new, slots, held
         self.columns, self.valid, self.write_first, self.tentative = columns, valid, write_first, tentative

@@ -108,8 +108,8 @@ def build_app(service: Service, api_key: str | None = None, max_body: int = 4 <<
     async def not_found(request: HttpRequest, exc: HTTPException) -> Response:
         message = "File Not Found" if exc.status_code == 404 else f"{request.method} is not allowed here"
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return _logged(request, error_response(request.url.path, BadRequest(message, exc.status_code, kind)),
-                       time.perf_counter())
+        refused = BadRequest(message, exc.status_code, kind, headers=exc.headers)  # (405: the Allow header)
+        return _logged(request, error_response(request.url.path, refused), time.perf_counter())
 
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
 

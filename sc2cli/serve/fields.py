@@ -29,6 +29,8 @@ def parse_object(raw: bytes) -> dict:
         body = json.loads(raw.decode("utf-8")) if raw.strip() else None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BadRequest(f"the body is not valid JSON: {err}") from None
+    except RecursionError:  # a body nested deeper than the parser's recursion limit ("[[[[…")
+        raise BadRequest("the body is not valid JSON: it is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body

@@ -90,6 +90,7 @@ async def infill(http: HttpRequest, service: Service, body: dict) -> Response:
     max_tokens, warm_up = _max_tokens(service, fields)
     n = _count(service, fields)
     request = service.request(http, fields.integer("t_max_predict_ms", None, 0), fields.integer("n_indent", 0, 0))
+    request.reuse_prompt = fields.boolean("cache_prompt", True)
     mode = fields.string("mode", "auto")  # (an sc2 extension: line | block | auto)
     run = work.infill(service, request, prefix + typed, suffix, _context(fields), _sampling(fields, True),
                       max_tokens, n, fields.stops("stop", string_alone=False), mode)
@@ -106,6 +107,7 @@ async def completion(http: HttpRequest, service: Service, body: dict) -> Respons
     max_tokens, warm_up = _max_tokens(service, fields)
     n = _count(service, fields)
     request = service.request(http, fields.integer("t_max_predict_ms", None, 0), fields.integer("n_indent", 0, 0))
+    request.reuse_prompt = fields.boolean("cache_prompt", True)
     run = work.completion(service, request, prompt, _sampling(fields, False), max_tokens, n,
                           fields.stops("stop", string_alone=False))
     return await _respond(http, service, fields, request, run, warm_up, n)

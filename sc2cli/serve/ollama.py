@@ -37,9 +37,20 @@ def version() -> Response:
     return CompactJSON({"version": VERSION})
 
 
+def _weights(service: Service) -> tuple[int, int]:
+    """(parameters, bytes of the weights as loaded), from the config's shapes: the loaded model's `parameters()`
+    miss the Linear weights that preparing it for the CPU packed into plain tensors."""
+    from ..model.sizes import build_on_meta, weight_bytes
+
+    backend = service.require_backend()
+    parameters, bytes_per_dtype = weight_bytes(build_on_meta(backend.config))
+    kind = "int8" if backend.loaded.quantize != "none" else str(backend.model.dtype).removeprefix("torch.")
+    return parameters, bytes_per_dtype.get(kind, bytes_per_dtype["float32"])
+
+
 def _details(service: Service) -> dict:
     backend = service.require_backend()
-    parameters = sum(p.numel() for p in backend.model.parameters())
+    parameters, _ = _weights(service)
     return {"parent_model": "", "format": "safetensors", "family": "starcoder2", "families": ["starcoder2"],
             "parameter_size": f"{parameters / 1e6:.1f}M" if parameters < 1e9 else f"{parameters / 1e9:.1f}B",
             "quantization_level": backend.loaded.quantize.upper() if backend.loaded.quantize != "none"
@@ -47,8 +58,7 @@ def _details(service: Service) -> dict:
 
 
 def tags(service: Service) -> Response:
-    backend = service.require_backend()
-    size = sum(p.numel() * p.element_size() for p in backend.model.parameters())
+    _, size = _weights(service)
     modified = datetime.fromtimestamp(service.started, timezone.utc).isoformat()
     return CompactJSON({"models": [{"name": service.model_id, "model": service.model_id, "modified_at": modified,
                                     "size": size, "digest": "", "details": _details(service)}]})

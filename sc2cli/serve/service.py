@@ -87,11 +87,13 @@ class Request:
     cancel: threading.Event
     limits: Limits
     usage: object = None  # the finished run's Usage (for the log line)
+    reuse_prompt: bool = True  # llama.cpp's cache_prompt
 
     def job(self, sampling: SamplingParams, max_new_tokens: int, num_samples: int = 1,
             stop: tuple[str, ...] = ()) -> GenerationJob:
         return GenerationJob(sampling=sampling, max_new_tokens=max_new_tokens, num_samples=num_samples, stop=stop,
-                             text_filter=self.limits.factory(), cancelled=self.cancel.is_set)
+                             text_filter=self.limits.factory(), cancelled=self.cancel.is_set,
+                             reuse_prompt=self.reuse_prompt)
 
 
 class Service:
