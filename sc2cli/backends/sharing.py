@@ -28,6 +28,12 @@ class Turns:
         self._next_ticket = 0
         self._serving = 0
 
+    @property
+    def waiting(self) -> int:
+        """How many runs wait for the turn."""
+        with self._changed:
+            return max(0, self._next_ticket - self._serving - 1)
+
     def take(self) -> None:
         with self._changed:
             ticket = self._next_ticket
@@ -42,9 +48,8 @@ class Turns:
 
     def pass_on(self) -> None:
         """Let everyone waiting compute a step, then go on (nothing happens when no one waits)."""
-        with self._changed:
-            if self._next_ticket == self._serving + 1:
-                return
+        if not self.waiting:
+            return
         self.give()
         self.take()
 

@@ -24,13 +24,15 @@ from .replies import CompactJSON
 from .service import ClientGone, Service, log_line
 
 PUBLIC = ("/health", "/v1/health")  # answered without the API key (llama.vscode's health check)
-PROTOCOLS = {"llama.cpp": llamacpp, "openai": openai, "ollama": ollama}
+PROTOCOLS = {"llama.cpp": llamacpp, "openai": openai, "ollama": ollama, "sc2": native}
 
 
 def protocol_of(path: str) -> str:
     """Whose error shape a path answers in."""
     if path in PUBLIC:
         return "llama.cpp"
+    if path.startswith("/sc2/"):
+        return "sc2"
     if path == "/" or path.startswith("/api/"):
         return "ollama"
     if path.startswith("/v1/") or path in ("/completions", "/models"):

@@ -5,7 +5,8 @@ Differences from llama.cpp, on purpose:
     fim.pipeline with sc2's budget, line/block filters and healing, not llama.cpp's `--- snippet ---` order;
   * /infill is greedy unless the request sets `temperature` (and, when it lists `samplers`, lists it): llama.vim
     names no temperature, and an editor wants the likeliest middle, the same one for the same text;
-  * `t_max_prompt_ms` is ignored, as llama.cpp does.
+  * `t_max_prompt_ms` is ignored, as llama.cpp does;
+  * a string `stop` is one stop string (as in OpenAI's protocol), where llama.cpp silently ignores it.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ async def infill(http: HttpRequest, service: Service, body: dict) -> Response:
     request.reuse_prompt = fields.boolean("cache_prompt", True)
     mode = fields.string("mode", "auto")  # (an sc2 extension: line | block | auto)
     run = work.infill(service, request, prefix + typed, suffix, _context(fields), _sampling(fields, True),
-                      max_tokens, n, fields.stops("stop", string_alone=False), mode)
+                      max_tokens, n, fields.stops("stop"), mode)
     return await _respond(http, service, fields, request, run, warm_up, n)
 
 
@@ -109,7 +110,7 @@ async def completion(http: HttpRequest, service: Service, body: dict) -> Respons
     request = service.request(http, fields.integer("t_max_predict_ms", None, 0), fields.integer("n_indent", 0, 0))
     request.reuse_prompt = fields.boolean("cache_prompt", True)
     run = work.completion(service, request, prompt, _sampling(fields, False), max_tokens, n,
-                          fields.stops("stop", string_alone=False))
+                          fields.stops("stop"))
     return await _respond(http, service, fields, request, run, warm_up, n)
 
 

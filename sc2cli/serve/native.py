@@ -29,9 +29,14 @@ from .replies import CompactJSON, Usage, sse
 from .service import Finished, Request, Service
 
 
+def error_body(status: int, message: str, kind: str, param: str | None = None) -> dict:
+    """llama.cpp's error shape, with the request field at fault (the command words it as its flag)."""
+    return {"error": {"code": status, "message": message, "type": kind, "param": param}}
+
+
 def _job(service: Service, request: Request, fields: Fields) -> GenerationJob:
     job = fields.section("job")
-    max_new = work.check_tokens(service, job.integer("max_new_tokens", 128, 1), "max_new_tokens")
+    max_new = job.integer("max_new_tokens", 128, 1)  # (beyond the context: the pipelines say so, as locally)
     sampling = work.sampling(job.number("temperature", 0.0, 0.0), job.integer("top_k", 0, 0),
                              job.number("top_p", 1.0, 0.0, 1.0), job.number("min_p", 0.0, 0.0, 1.0),
                              job.number("repetition_penalty", 1.0, 0.0), job.seed())
@@ -45,9 +50,11 @@ def _job(service: Service, request: Request, fields: Fields) -> GenerationJob:
                          prompt_lookup=lookup, decode=job.string("decode", "auto"), cancelled=base.cancelled)
 
 
-def _completions(completions) -> list[dict]:
+def _completions(completions, limited: bool) -> list[dict]:
+    """`limited`: the server's time limit or its shutdown ended the run (a "length" end, not the model's)."""
     return [{"row": c.row, "text": c.text, "tokens": c.tokens, "logprob": c.logprob,
-             "token_logprobs": c.token_logprobs, "finish_reason": c.finish_reason} for c in completions]
+             "token_logprobs": c.token_logprobs, "finish_reason": "length" if limited else c.finish_reason}
+            for c in completions]
 
 
 def _run(run) -> dict:
@@ -72,9 +79,13 @@ async def infill(http: HttpRequest, service: Service, body: dict) -> Response:
     backend = service.require_backend()
     request = service.request(http)
     context = []
-    for item in body.get("context") or []:
+    items = body.get("context") or []
+    message = '"context" must be an array of {"path": string, "text": string}'
+    if not isinstance(items, list):
+        raise BadRequest(message, param="context")
+    for item in items:
         if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("path", "text")):
-            raise BadRequest('"context" must be an array of {"path": string, "text": string}', param="context")
+            raise BadRequest(message, param="context")
         context.append(ContextFile(item["path"], item["text"]))
     check = body.get("check_syntax")
     infill_request = InfillRequest.from_text(
@@ -94,7 +105,7 @@ async def infill(http: HttpRequest, service: Service, body: dict) -> Response:
         with work.input_errors():
             result = fill(infill_request, backend, on_text=on_text, planned=the_plan)
         request.usage = Usage.of(result.run, len(the_plan.prompt.ids))
-        return _header(service) | {"plan": _plan(the_plan), "completions": _completions(result.run.completions),
+        return _header(service) | {"plan": _plan(the_plan), "completions": _completions(result.run.completions, request.limits.fired),
                                    "run": _run(result.run)}
 
     return await _respond(http, service, fields, request, run)
@@ -104,7 +115,10 @@ async def complete(http: HttpRequest, service: Service, body: dict) -> Response:
     fields = Fields(body)
     backend = service.require_backend()
     request = service.request(http)
-    completion_request = CompletionRequest(fields.string("prompt", required=True), mode=fields.string("mode", "auto"),
+    prompt = fields.string("prompt", required=True)
+    if not prompt:
+        raise BadRequest("the prompt is empty; give some text to continue", param="prompt")
+    completion_request = CompletionRequest(prompt, mode=fields.string("mode", "auto"),
                                            truncate=fields.boolean("truncate", True),
                                            job=_job(service, request, fields))
 
@@ -115,7 +129,7 @@ async def complete(http: HttpRequest, service: Service, body: dict) -> Response:
         request.usage = Usage.of(result.run, result.prompt_tokens)
         return _header(service) | {
             "plan": {"prompt_tokens": result.prompt_tokens, "tokens_cut": result.tokens_cut, "mode": result.mode},
-            "completions": _completions(result.run.completions), "run": _run(result.run)}
+            "completions": _completions(result.run.completions, request.limits.fired), "run": _run(result.run)}
 
     return await _respond(http, service, fields, request, run)
 

@@ -100,7 +100,7 @@ def _logprobs(service: Service, outcome, i: int) -> dict:
     does not keep the rest of each distribution)."""
     tokenizer = service.backend.tokenizer
     completion = outcome.completions[i]
-    tokens = [tokenizer.decode([t]) for t in completion.tokens]
+    tokens = _without_prompt_text([tokenizer.decode([t]) for t in completion.tokens], len(outcome.healed))
     values = completion.token_logprobs
     offsets, at = [], 0
     for text in tokens:
@@ -108,6 +108,17 @@ def _logprobs(service: Service, outcome, i: int) -> dict:
         at += len(text)
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": [{t: v} for t, v in zip(tokens, values)],
             "text_offset": offsets}
+
+
+def _without_prompt_text(pieces: list[str], healed: int) -> list[str]:
+    """Each token's text, less the first `healed` characters of them all: the prompt's trailing whitespace, which
+    the first token made again but the completion's text does not repeat (so that they join into the text)."""
+    kept = []
+    for piece in pieces:
+        cut = min(healed, len(piece))
+        healed -= cut
+        kept.append(piece[cut:])
+    return kept
 
 
 async def _chunks(service: Service, ident: str, head, rest, usage_chunk: bool):

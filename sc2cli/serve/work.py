@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..completion import CompletionRequest, complete
+from ..completion import plan as plan_completion
 from ..errors import InputError
 from ..fim.formats import ContextFile
 from ..fim.pipeline import InfillRequest, fill, plan
@@ -38,6 +39,7 @@ class Outcome:
     prompt_text: str
     completions: list  # the engine's Completions, best first (tokens, logprobs)
     extra: object = None  # the pipeline's own result
+    healed: str = ""  # the prompt's trailing whitespace, generated again: the tokens' text begins with it
 
 
 def check_tokens(service: Service, max_tokens: int, field: str) -> int:
@@ -80,12 +82,13 @@ def completion(service: Service, request: Request, prompt: str, sampling_params:
 
     def work(on_text):
         with input_errors():
-            result = complete(completion_request, backend, on_text=on_text)
+            planned = plan_completion(completion_request, backend.tokenizer, backend.config)
+            result = complete(completion_request, backend, on_text=on_text, planned=planned)
         completions = result.run.completions
         request.usage = Usage.of(result.run, result.prompt_tokens)
         return Outcome([c.text for c in completions], [c.finish_reason for c in completions],
                        [len(c.tokens) for c in completions], Usage.of(result.run, result.prompt_tokens),
-                       result.run.seed, request.limits.fired, prompt, completions, result)
+                       result.run.seed, request.limits.fired, prompt, completions, result, planned.job.heal)
 
     return work
 
