@@ -200,8 +200,9 @@ def stream(
                     draft = lookup.draft(limit=new_tokens - t - 1)  # leave room for the token the last check adds
             if not draft:
                 with torch.inference_mode():
-                    if decode_step is None:
-                        decode_step = make_step(model, cache, decode)
+                    if decode_step is None:  # (a slot keeps its step, and on CUDA its captured graph, for good)
+                        decode_step = (slot.step(decode, lambda: make_step(model, cache, decode)) if slot is not None
+                                       else make_step(model, cache, decode))
                     # Finished rows keep decoding (their tokens are ignored), so no mask is needed for the new column.
                     logits = decode_step(chosen, next_position)
                 next_position += 1

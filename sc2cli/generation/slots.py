@@ -25,6 +25,14 @@ class Slot:
                              reserve=reserve)
         self.tokens: list[int] = []  # what the cache holds, column by column
         self.reused = 0  # tokens the last prompt did not evaluate again
+        self._steps: dict[str, object] = {}  # decode mode -> its step over this cache (see decode.py)
+
+    def step(self, mode: str, build):
+        """The decode step of `mode` over this slot's cache, built once: a CUDA graph is captured for the first
+        run and replayed by every later one (the cache's tensors stay where they are)."""
+        if mode not in self._steps:
+            self._steps[mode] = build()
+        return self._steps[mode]
 
     def reuse(self, prompt) -> int:
         """Prepare the cache for `prompt`: the number of its first tokens already in the cache (at least one

@@ -38,21 +38,13 @@ class Served:
 
 def infill(url: str, request: InfillRequest, on_text: Callable[[str], None] | None = None
            ) -> tuple[InfillResult, Served]:
-    prefix, suffix = split_at(request.source, request.cursor)
-    body = {"prefix": prefix, "suffix": suffix, "path": request.path, "mode": request.mode,
-            "context": [{"path": f.path, "text": f.text} for f in request.context], "repo_name": request.repo_name,
-            "check_syntax": request.check_syntax, "job": _job(request.job)}
-    reply = _post(url, "/sc2/v1/infill", body, on_text)
+    reply = _post(url, "/sc2/v1/infill", _infill_body(request), on_text)
     return finish(request, _plan(reply["plan"]), _run(reply)), _served(reply)
 
 
 def infill_plan(url: str, request: InfillRequest) -> tuple[InfillPlan, Served]:
     """The prompt the server would build (a dry run: no model runs)."""
-    prefix, suffix = split_at(request.source, request.cursor)
-    body = {"prefix": prefix, "suffix": suffix, "path": request.path, "mode": request.mode,
-            "context": [{"path": f.path, "text": f.text} for f in request.context], "repo_name": request.repo_name,
-            "job": _job(request.job), "dry_run": True}
-    reply = _post(url, "/sc2/v1/infill", body, None)
+    reply = _post(url, "/sc2/v1/infill", _infill_body(request) | {"dry_run": True}, None)
     return _plan(reply["plan"]), _served(reply)
 
 
@@ -62,6 +54,13 @@ def complete(url: str, request: CompletionRequest, on_text: Callable[[str], None
     reply = _post(url, "/sc2/v1/complete", body, on_text)
     plan = reply["plan"]
     return CompletionResult(_run(reply), plan["prompt_tokens"], plan["tokens_cut"], plan["mode"]), _served(reply)
+
+
+def _infill_body(request: InfillRequest) -> dict:
+    prefix, suffix = split_at(request.source, request.cursor)
+    return {"prefix": prefix, "suffix": suffix, "path": request.path, "mode": request.mode,
+            "context": [{"path": f.path, "text": f.text} for f in request.context], "repo_name": request.repo_name,
+            "check_syntax": request.check_syntax, "job": _job(request.job)}
 
 
 def _job(job: GenerationJob) -> dict:

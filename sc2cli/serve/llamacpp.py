@@ -60,8 +60,8 @@ def _max_tokens(service: Service, fields: Fields) -> tuple[int, bool]:
 def _count(service: Service, fields: Fields) -> int:
     n = fields.integer("n_cmpl", None, 1) or fields.integer("n", 1, 1)
     if n > service.parallel and n > 1:
-        raise BadRequest(f'"n_cmpl" is {n}, more than the server\'s {service.parallel} slot(s) (start it with '
-                         f"--parallel {n})", param="n_cmpl")
+        raise BadRequest(f'"n_cmpl" is {n}, more than the {service.parallel} slot(s) this server runs',
+                         param="n_cmpl")
     return n
 
 

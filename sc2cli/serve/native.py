@@ -105,8 +105,8 @@ async def infill(http: HttpRequest, service: Service, body: dict) -> Response:
         with work.input_errors():
             result = fill(infill_request, backend, on_text=on_text, planned=the_plan)
         request.usage = Usage.of(result.run, len(the_plan.prompt.ids))
-        return _header(service) | {"plan": _plan(the_plan), "completions": _completions(result.run.completions, request.limits.fired),
-                                   "run": _run(result.run)}
+        completions = _completions(result.run.completions, request.limits.fired)
+        return _header(service) | {"plan": _plan(the_plan), "completions": completions, "run": _run(result.run)}
 
     return await _respond(http, service, fields, request, run)
 
