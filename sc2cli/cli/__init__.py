@@ -22,7 +22,7 @@ import sys  # noqa: E402
 import typer  # noqa: E402
 
 from ..errors import InputError, Sc2Error  # noqa: E402
-from . import bench, common, config_cmd, conventions, models, output  # noqa: E402
+from . import bench, common, config_cmd, conventions, export, models, output  # noqa: E402
 from .classify import classify  # noqa: E402
 from .complete import complete  # noqa: E402
 from .download import download  # noqa: E402
@@ -48,6 +48,7 @@ app.command()(info)
 app.add_typer(config_cmd.app, name="config")
 app.command()(train)
 app.add_typer(bench.app, name="bench")
+app.add_typer(export.app, name="export")
 
 # ---- main ---------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:

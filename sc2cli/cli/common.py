@@ -111,7 +111,8 @@ def read_text_input(text: str | None, what: str = "prompt") -> str:
 # Flags of request fields whose name is not simply --field-name.
 # What to do about it, where the fix is a flag.
 HINTS = {"truncate": "drop --no-truncate to cut it from the left"}
-FLAGS = {"truncate": "--no-truncate", "prompt_lookup": "--lookup", "prompt": "PROMPT", "text": "TEXT", "file": "FILE"}
+FLAGS = {"truncate": "--no-truncate", "prompt_lookup": "--lookup", "prompt": "PROMPT", "text": "TEXT", "file": "FILE",
+         "out": "OUT", "checkpoint": "CHECKPOINT"}
 
 
 def flag_message(err: InputError) -> str:
