@@ -56,11 +56,12 @@ def load_config(path: Path):
     return read_config(Path(path))
 
 
-def open_checkpoint(ref: str, revision: str | None = None, offline: bool = False) -> Checkpoint:
-    """Resolve `ref` (downloading when needed) and parse its config and tokenizer."""
+def open_checkpoint(ref: str, revision: str | None = None, offline: bool = False, weights: bool = True) -> Checkpoint:
+    """Resolve `ref` (downloading when needed; `weights=False`: the config and tokenizer only) and parse its
+    config and tokenizer."""
     from . import hub
 
-    path = hub.resolve(ref, revision=revision, offline=offline)
+    path = hub.resolve(ref, revision=revision, offline=offline, weights=weights)
     config = load_config(path)
     return Checkpoint(ref, path, config, load_tokenizer(path, config.vocab_size))
 

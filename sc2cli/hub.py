@@ -43,8 +43,9 @@ def offline_requested(offline: bool) -> bool:
     return offline or offline_in_environment()
 
 
-def resolve(ref: str, revision: str | None = None, offline: bool = False) -> Path:
-    """The local folder holding `ref`, downloading from the Hub on first use unless offline."""
+def resolve(ref: str, revision: str | None = None, offline: bool = False, weights: bool = True) -> Path:
+    """The local folder holding `ref`, downloading from the Hub on first use unless offline. `weights=False`:
+    only the config and tokenizer files are needed (a remote engine runs the model), so only they are fetched."""
     if ref == SHIPPED_MODEL:
         path = shipped_model_dir()
         if not (path / "config.json").is_file():
@@ -65,10 +66,10 @@ def resolve(ref: str, revision: str | None = None, offline: bool = False) -> Pat
             f"model {ref!r} is neither a folder nor a Hub repo id like bigcode/starcoder2-3b "
             f"(nor the shipped model {SHIPPED_MODEL!r})"
         )
-    return download(ref, revision, offline=offline)
+    return download(ref, revision, offline=offline, weights=weights)
 
 
-def download(repo_id: str, revision: str | None = None, offline: bool = False) -> Path:
+def download(repo_id: str, revision: str | None = None, offline: bool = False, weights: bool = True) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -80,7 +81,8 @@ def download(repo_id: str, revision: str | None = None, offline: bool = False) -
     offline = offline_requested(offline)
     try:
         folder = snapshot_download(
-            repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS, local_files_only=offline
+            repo_id, revision=revision, local_files_only=offline,
+            allow_patterns=ALLOW_PATTERNS if weights else [p for p in ALLOW_PATTERNS if "safetensors" not in p],
         )
     except LocalEntryNotFoundError:
         rev = f" --revision {revision}" if revision else ""

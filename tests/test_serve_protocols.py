@@ -388,7 +388,7 @@ def test_llama_vscode_n_cmpl_gets_an_array_of_complete_objects(server):
 
 def test_n_cmpl_beyond_the_slots_is_refused(server):
     response = post(server.url, "/infill", LLAMA_VSCODE | {"n_cmpl": PARALLEL + 1})
-    assert "--parallel" in assert_error("/infill", response, 400)["message"]
+    assert f"more than the {PARALLEL} slot(s)" in assert_error("/infill", response, 400)["message"]
 
 
 def test_infill_stream_is_sse_ending_with_stop_and_no_done(server):

@@ -36,13 +36,46 @@ def load_model(model: str | None, revision: str | None, device: str | None, dtyp
     return loaded
 
 
-def refuse_local_options(**given) -> None:
+def refuse_local_options(why: str = "the server runs the model it was started with (choose it with `sc2 serve "
+                         "--model`)", **given) -> None:
     """With --server the server's model runs where it was started: options that pick or place a local model
     would be silently ignored, so they are refused."""
     for name, value in given.items():
         if value not in (None, False, "none"):
-            raise UsageError(f"--{name} does not apply with --server: the server runs the model it was started "
-                             "with (choose it with `sc2 serve --model`)")
+            raise UsageError(f"--{name} does not apply with --server: {why}")
+
+
+BACKENDS = ("sc2", "openai")
+
+
+def choose_backend(server: str | None, backend: str, model: str | None, revision: str | None, offline: bool,
+                   device: str | None, dtype: str | None, quantize: str):
+    """Where `complete` and `infill` run. None: on `sc2 serve`'s own routes (the whole pipeline runs there, see
+    serve/client.py). Else (tokenizer, config, start): the prompt is planned here with that tokenizer and config,
+    and `start()` gives the backend that runs it: the local model (loaded only then), or a remote OpenAI-compatible
+    engine (--backend openai, with --model's tokenizer, the configured model's without it)."""
+    kind = backend.strip().lower()
+    if kind not in BACKENDS:
+        raise UsageError(f"--backend must be sc2 or openai (got {backend!r})")
+    if kind == "openai" and not server:
+        raise UsageError("--backend openai (or SC2_BACKEND=openai) needs --server URL: an OpenAI-compatible server")
+    if server and kind == "sc2":
+        refuse_local_options(model=model, revision=revision, device=device, dtype=dtype, quantize=quantize,
+                             offline=offline)
+        return None
+    if server:
+        from ..backends.openai_remote import OpenAIBackend
+        from ..checkpoint import open_checkpoint as open_files
+
+        refuse_local_options("the server places and runs its model (--model names it here for its tokenizer)",
+                             device=device, dtype=dtype, quantize=quantize)
+        remote = OpenAIBackend.connect(server, open_files(model_ref(model), revision, offline, weights=False),
+                                       model_given=model is not None)
+        for note in remote.notes:
+            output.warning(note)
+        return remote.tokenizer, remote.config, lambda: remote
+    checkpoint = open_checkpoint(model, revision, offline)
+    return checkpoint.tokenizer, checkpoint.config, lambda: local_backend(checkpoint, device, dtype, quantize)
 
 
 def local_backend(checkpoint, device: str | None, dtype: str | None, quantize: str):

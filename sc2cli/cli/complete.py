@@ -15,7 +15,8 @@ import typer
 
 from . import common, output
 from .options import (
-    SAMPLING_PANEL, DecodeOpt, DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, LegacyLookupOpt, MaxNewTokensOpt, MinPOpt, ModelOpt,
+    SAMPLING_PANEL, BackendOpt, DecodeOpt, DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, LegacyLookupOpt,
+    MaxNewTokensOpt, MinPOpt, ModelOpt,
     NoStreamOpt, NoTruncateOpt, NumSamplesOpt, OfflineOpt, PromptLookupOpt, QuantizeOpt, RepetitionPenaltyOpt,
     RevisionOpt, SeedOpt, ServerOpt, StopOpt, TemperatureOpt, TopKOpt, TopPOpt,
 )
@@ -26,6 +27,7 @@ def complete(
         help="Text to continue; '-' or nothing reads stdin.", show_default=False, metavar="PROMPT")] = None,
     model: ModelOpt = None,
     server: ServerOpt = None,
+    backend: BackendOpt = "sc2",
     revision: RevisionOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -62,22 +64,20 @@ def complete(
     request = CompletionRequest(common.read_text_input(prompt), mode=mode, truncate=not no_truncate, job=job)
     streaming = not (no_stream or json_out or num_samples > 1)
     on_text = output.write if streaming else None
-    if server:
+    chosen = common.choose_backend(server, backend, model, revision, offline, device, dtype, quantize)
+    if chosen is None:
         from ..serve import client
 
-        common.refuse_local_options(model=model, revision=revision, device=device, dtype=dtype, quantize=quantize,
-                                    offline=offline)
         result, served = client.complete(server, request, on_text=on_text)
         warn_about_fit(result.prompt_tokens, result.tokens_cut, served.context, max_new_tokens)
         name, load_s = served.name, served.load_seconds
     else:
-        checkpoint = common.open_checkpoint(model, revision, offline)
-        planned = plan(request, checkpoint.tokenizer, checkpoint.config)
-        warn_about_fit(len(planned.ids), planned.tokens_cut, checkpoint.config.max_position_embeddings,
-                       max_new_tokens)
-        backend = common.local_backend(checkpoint, device, dtype, quantize)
-        result = run_completion(request, backend, on_text=on_text, planned=planned)
-        name, load_s = backend.name, backend.loaded.load_seconds
+        tokenizer, config, start = chosen
+        planned = plan(request, tokenizer, config)
+        warn_about_fit(len(planned.ids), planned.tokens_cut, config.max_position_embeddings, max_new_tokens)
+        runner = start()
+        result = run_completion(request, runner, on_text=on_text, planned=planned)
+        name, load_s = runner.name, runner.loaded.load_seconds if runner.loaded else 0.0
     if json_out:
         output.write_json(completion_json(name, load_s, result))
     elif num_samples > 1 or no_stream:

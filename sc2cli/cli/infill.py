@@ -19,7 +19,8 @@ import typer
 from ..errors import Sc2Error, UsageError
 from . import common, output
 from .options import (
-    OUTPUT_PANEL, DecodeOpt, DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, LegacyLookupOpt, MaxNewTokensOpt, MinPOpt, ModelOpt,
+    OUTPUT_PANEL, BackendOpt, DecodeOpt, DeviceOpt, DtypeOpt, IgnoreEosOpt, JsonOpt, LegacyLookupOpt,
+    MaxNewTokensOpt, MinPOpt, ModelOpt,
     NoStreamOpt, NumSamplesOpt, OfflineOpt, PromptLookupOpt, QuantizeOpt, RepetitionPenaltyOpt, RevisionOpt,
     SeedOpt, ServerOpt, StopOpt, TemperatureOpt, TopKOpt, TopPOpt,
 )
@@ -55,6 +56,7 @@ def infill(
                                           rich_help_panel=OUTPUT_PANEL, metavar="")] = False,
     model: ModelOpt = None,
     server: ServerOpt = None,
+    backend: BackendOpt = "sc2",
     revision: RevisionOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -105,11 +107,10 @@ def infill(
 
     streaming = not (write or diff or json_out or no_stream or num_samples > 1)
     on_text = output.write if streaming else None
-    if server:
+    chosen = common.choose_backend(server, backend, model, revision, offline, device, dtype, quantize)
+    if chosen is None:
         from ..serve import client
 
-        common.refuse_local_options(model=model, revision=revision, device=device, dtype=dtype, quantize=quantize,
-                                    offline=offline)
         if dry_run:
             show_prompt(request, client.infill_plan(server, request)[0], json_out)
             return
@@ -117,15 +118,15 @@ def infill(
         warn_if_truncated(result.plan)  # (known here only after the run)
         name = served.name
     else:
-        checkpoint = common.open_checkpoint(model, revision, offline)
-        planned = plan(request, checkpoint.tokenizer, checkpoint.config)
+        tokenizer, config, start = chosen
+        planned = plan(request, tokenizer, config)
         if dry_run:
             show_prompt(request, planned, json_out)
             return
         warn_if_truncated(planned)
-        backend = common.local_backend(checkpoint, device, dtype, quantize)
-        result = fill(request, backend, on_text=on_text, planned=planned)
-        name = backend.name
+        runner = start()
+        result = fill(request, runner, on_text=on_text, planned=planned)
+        name = runner.name
     planned, prompt = result.plan, result.plan.prompt
     best = result.best
     if not best.middle:

@@ -25,6 +25,9 @@ ServerOpt = Annotated[Optional[str], typer.Option(
     "--server", envvar="SC2_SERVER", help="Run on a warm `sc2 serve` at this URL (its model; no torch here). "
     "SC2_API_KEY is sent as its key.", show_default=False, show_envvar=True, rich_help_panel=MODEL_PANEL,
     metavar="URL")]
+BackendOpt = Annotated[str, typer.Option(
+    "--backend", envvar="SC2_BACKEND", help="sc2 | openai: any /v1/completions ($SC2_BACKEND).",
+    show_default=False, show_envvar=False, rich_help_panel=MODEL_PANEL, metavar="NAME")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Use the local cache only.", rich_help_panel=MODEL_PANEL, metavar="")]
 QuantizeOpt = Annotated[str, typer.Option(
     help="none | int8: about half the memory traffic (not the same tokens).", rich_help_panel=SPEED_PANEL, metavar="NAME")]

@@ -100,10 +100,9 @@ async def infill(http: HttpRequest, service: Service, body: dict) -> Response:
 
 async def completion(http: HttpRequest, service: Service, body: dict) -> Response:
     fields = Fields(body)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        prompt = _tokens_as_text(service, prompt)
-    elif not isinstance(prompt, str):
+    prompt = body.get("prompt")  # (token ids run as they are: text that spells `<file_sep>` in them stays text)
+    ids = isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    if not (ids or isinstance(prompt, str)):
         raise BadRequest('"prompt" must be a string or an array of token ids', param="prompt")
     max_tokens, warm_up = _max_tokens(service, fields)
     n = _count(service, fields)
@@ -112,13 +111,6 @@ async def completion(http: HttpRequest, service: Service, body: dict) -> Respons
     run = work.completion(service, request, prompt, _sampling(fields, False), max_tokens, n,
                           fields.stops("stop"))
     return await _respond(http, service, fields, request, run, warm_up, n)
-
-
-def _tokens_as_text(service: Service, ids: list[int]) -> str:
-    tokenizer = service.require_backend().tokenizer
-    if any(not 0 <= t < tokenizer.vocab_size for t in ids):
-        raise BadRequest(f'"prompt" holds a token id outside 0..{tokenizer.vocab_size - 1}', param="prompt")
-    return tokenizer.decode(ids)
 
 
 async def _respond(http, service, fields, request, run, warm_up: bool, n: int) -> Response:

@@ -2,8 +2,9 @@
 
 `suffix` present (even empty) turns a request into fill-in-the-middle (`prompt` is the prefix), as Ollama does and
 minuet relies on; vLLM and llama.cpp refuse it. Without it the prompt is raw: its special-token strings are parsed,
-since plugins send `<fim_prefix>…<fim_middle>` themselves. Deterministic failures are 4xx: the official client
-retries every 5xx.
+since plugins send `<fim_prefix>…<fim_middle>` themselves; or it is an array of token ids, run as they are (vLLM and
+llama.cpp take those too: `sc2 --backend openai` sends its prompts so). Deterministic failures are 4xx: the official
+client retries every 5xx.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ async def completions(http: HttpRequest, service: Service, body: dict) -> Respon
     fields = Fields(body)
     check_model(service, fields)
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise BadRequest('"prompt" must be a string (one prompt per request)', param="prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # one prompt in an array: ["text"] or [[ids]]
+    if not (isinstance(prompt, str) or _token_ids(prompt)):
+        raise BadRequest('"prompt" must be a string or an array of token ids (one prompt per request)',
+                         param="prompt")
     if fields.boolean("echo", False):
         raise BadRequest('"echo" is not supported', param="echo")
     n = fields.integer("n", 1, 1, MAX_N)
@@ -65,6 +67,8 @@ async def completions(http: HttpRequest, service: Service, body: dict) -> Respon
     stop = fields.stops()
     request = service.request(http)
     suffix = fields.string("suffix")
+    if suffix is not None and not isinstance(prompt, str):
+        raise BadRequest('"suffix" needs "prompt" as text (the prefix), not token ids', param="suffix")
     if suffix is not None:
         run = work.infill(service, request, prompt, suffix, (), sampling, max_tokens, n, stop)
     else:
@@ -81,6 +85,12 @@ async def completions(http: HttpRequest, service: Service, body: dict) -> Respon
                 "finish_reason": finish_reason(outcome.completions[i], outcome.limited)}
                for i, text in enumerate(outcome.texts)]
     return CompactJSON(_envelope(service, ident, choices) | {"usage": _usage(outcome.usage, outcome)})
+
+
+def _token_ids(prompt) -> bool:
+    """An array of token ids (vLLM's and llama.cpp's `prompt: int[]`): run as they are, special ids included.
+    Unknown fields (vLLM's `stop_token_ids`) are ignored: the model's own boundary tokens end a run here anyway."""
+    return isinstance(prompt, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt)
 
 
 def _envelope(service: Service, ident: str, choices: list) -> dict:

@@ -1,12 +1,13 @@
 """The runs every protocol asks for, as calls of the same pipelines the commands use: an infill (prefix, suffix,
-context files) or a completion (a raw prompt, whose special-token strings such as `<fim_prefix>` are parsed)."""
+context files) or a completion (a raw prompt, whose special-token strings such as `<fim_prefix>` are parsed, or
+token ids)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..completion import CompletionRequest, complete
+from ..completion import CompletionPlan, CompletionRequest, complete, fit_prompt
 from ..completion import plan as plan_completion
 from ..errors import InputError
 from ..fim.formats import ContextFile
@@ -72,25 +73,59 @@ def infill(service: Service, request: Request, prefix: str, suffix: str, context
     return work
 
 
-def completion(service: Service, request: Request, prompt: str, sampling_params: SamplingParams, max_tokens: int,
-               n: int = 1, stop: tuple[str, ...] = (), mode: str = "free") -> Callable:
+def completion(service: Service, request: Request, prompt: str | Sequence[int], sampling_params: SamplingParams,
+               max_tokens: int, n: int = 1, stop: tuple[str, ...] = (), mode: str = "free") -> Callable:
+    """A raw prompt: text (its special-token strings parsed, its trailing whitespace healed) or token ids, run as
+    they are (nothing decoded and encoded again: a client that built its prompt with the model's tokenizer, such as
+    `sc2 --backend openai`, keeps file text that spells `<file_sep>` as text)."""
     backend = service.require_backend()
     if not prompt:
         raise BadRequest('"prompt" is empty: give some text to continue', param="prompt")
+    ids = None if isinstance(prompt, str) else _checked_ids(prompt, backend.config.vocab_size)
     job = request.job(sampling_params, max_tokens, n, stop)
-    completion_request = CompletionRequest(prompt, mode=mode, truncate=False, job=job)
+    completion_request = CompletionRequest(prompt if ids is None else "", mode=mode, truncate=False, job=job)
 
     def work(on_text):
         with input_errors():
-            planned = plan_completion(completion_request, backend.tokenizer, backend.config)
-            result = complete(completion_request, backend, on_text=on_text, planned=planned)
+            if ids is None:
+                planned = plan_completion(completion_request, backend.tokenizer, backend.config)
+            else:
+                fitted = fit_prompt(ids, backend.config.max_position_embeddings, max_tokens, truncate=False)
+                planned = CompletionPlan(fitted, 0, "free", job)
+            result = complete(completion_request, backend, on_text=_counted(request, on_text, len(planned.ids)),
+                              planned=planned)
         completions = result.run.completions
         request.usage = Usage.of(result.run, result.prompt_tokens)
+        text = prompt if ids is None else backend.tokenizer.decode(ids)
         return Outcome([c.text for c in completions], [c.finish_reason for c in completions],
                        [len(c.tokens) for c in completions], Usage.of(result.run, result.prompt_tokens),
-                       result.run.seed, request.limits.fired, prompt, completions, result, planned.job.heal)
+                       result.run.seed, request.limits.fired, text, completions, result, planned.job.heal)
 
     return work
+
+
+def _checked_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size:
+            raise BadRequest(f'"prompt" holds {i!r}, not a token id of this model (0 to {vocab_size - 1})',
+                             param="prompt")
+    return list(ids)
+
+
+def _counted(request: Request, on_text: Callable[[str], None] | None, prompt_tokens: int):
+    """`on_text` that also keeps the request's numbers up to date (one call per token of the streamed row), so that
+    the log line of a stream its client closed early says how many tokens were made."""
+    if on_text is None:
+        return None
+    made = 0
+
+    def counted(piece: str) -> None:
+        nonlocal made
+        made += 1
+        request.usage = Usage(prompt_tokens, 0, made, 0.0, 0.0)
+        on_text(piece)
+
+    return counted
 
 
 class input_errors:
