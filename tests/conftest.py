@@ -14,6 +14,6 @@ PARITY_REPORT: dict[str, float] = {}
 def pytest_terminal_summary(terminalreporter):
     if not PARITY_REPORT:
         return
-    terminalreporter.section("parity against transformers (max |diff|)")
+    terminalreporter.section("parity against the oracles: transformers, llama.cpp (max |diff|)")
     for case, diff in sorted(PARITY_REPORT.items()):
         terminalreporter.write_line(f"{case:<60} {diff:.3e}")

@@ -536,11 +536,11 @@ def _refusal(response) -> _Refused:
 
 
 def _refuses_token_ids(refused: _Refused) -> bool:
-    """A 400 or 422 that wants the prompt as a string, to a prompt of token ids: the server takes text only
-    (llama-cpp-python: "Input should be a valid string"; TGI: "expected a string"; an older sc2 serve). Not a
-    prompt refused for its length (vLLM: "maximum context length")."""
+    """A refusal that wants the prompt as a string, to a prompt of token ids: the server takes text only
+    (llama-cpp-python: "Input should be a valid string", as a 500 from its own error handler; TGI: "expected a
+    string"; an older sc2 serve). Not a prompt refused for its length (vLLM: "maximum context length")."""
     message = str(refused).lower()
-    return refused.status in (400, 422) and "prompt" in message and "string" in message
+    return refused.status in (400, 422, 500) and "prompt" in message and "string" in message
 
 
 def _one_line(message) -> str:
