@@ -11,7 +11,8 @@ imported on first use, so importing the package (and `sc2 --help`) never imports
 
 from __future__ import annotations
 
-from .lazy import export
+# (under another name: the subpackage `sc2cli.export` becomes this module's attribute `export` once imported)
+from .lazy import export as _lazy_export
 
 __version__ = "0.1.0"
 
@@ -29,4 +30,4 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    return export(globals(), _EXPORTS, name)
+    return _lazy_export(globals(), _EXPORTS, name)
