@@ -41,3 +41,29 @@ def synchronize(device: str) -> None:
         import torch
 
         torch.cuda.synchronize()
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_capability_label() -> str:
+    """What the CPU's vector units can do, in the words the README's tables use (x86; elsewhere the machine)."""
+    flags = cpu_flags()
+    if not flags:
+        return platform.machine() or "unknown"
+    if "avx512_bf16" in flags:
+        label = "AVX-512 with bf16"
+    elif "avx512f" in flags:
+        label = "AVX-512 without bf16"
+    elif "avx2" in flags:
+        label = "AVX2 only (no AVX-512)"
+    else:
+        label = "no AVX2"
+    return label + (", AMX" if "amx_bf16" in flags else "")

@@ -1,11 +1,15 @@
 """`sc2 bench`: measurements you can reproduce. `sc2 bench infill` scores single-line fill-in-the-middle;
-`sc2 bench speed` measures load time, memory, time to first token, prefill and decode speed against peers.
+`sc2 bench speed` measures load time, memory, time to first token, prefill and decode speed against peers;
+`sc2 bench serve` measures `sc2 serve` from an editor's side (cold process against warm server, prompt reuse while
+typing, concurrent clients).
 
 Examples:
   sc2 bench infill                          # the shipped model on the held-out split of the stdlib
   sc2 bench infill --data ~/code/project -m bigcode/starcoder2-3b --limit 300 --json
   sc2 bench speed                           # the ~183M shape, bf16, against transformers (and llama.cpp)
   sc2 bench speed --shape 3b --repeats 3 --json > 3b.json
+  sc2 bench serve                           # the shipped model and the ~183M shape, a few minutes
+  sc2 bench serve --shape s --parts editing --llama-server ~/llama.cpp/build/bin/llama-server
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from ..errors import Sc2Error, UsageError
 from . import common, output
 from .options import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OfflineOpt, QuantizeOpt, RevisionOpt
 
-app = typer.Typer(help="Benchmarks: infill exact match, speed against peers.", no_args_is_help=True)
+app = typer.Typer(help="Benchmarks: infill exact match, speed against peers, the server.", no_args_is_help=True)
 
 
 @app.command("infill")
@@ -197,3 +201,67 @@ def bench_int8(
     output.write(f"tasks                        {r.tasks} ({r.positions} generated positions)\n"
                  f"greedy agreement with bf16   {r.agreement:.2%} (teacher-forced)\n"
                  f"identical free-running       {r.same_output}/{r.tasks}\n")
+
+
+@app.command("serve")
+def bench_serve(
+    shape: Annotated[str, typer.Option(
+        help="Comma-separated: shipped (the shipped model), s (random weights of the ~183M shape, with a tokenizer "
+        "trained once for them), 3b, tiny.")] = "shipped,s",
+    model: Annotated[Optional[list[str]], typer.Option(
+        "--model", "-m", help="A checkpoint (any reference sc2 loads) instead of the shapes; repeatable.",
+        show_default=False)] = None,
+    dtype: Annotated[str, typer.Option(help="bfloat16 | float32 | float16, for every sc2 process.")] = "bfloat16",
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N, for every sc2 process.")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(
+        help="Threads of every process (default: each one's own).", show_default=False)] = None,
+    parts: Annotated[str, typer.Option(
+        help="Comma-separated: cold, editing, concurrency.")] = "cold,editing,concurrency",
+    rounds: Annotated[int, typer.Option(help="Cold-against-warm rounds (each: a fresh process, two requests).")] = 3,
+    keystrokes: Annotated[int, typer.Option(help="Editing flow: requests after the first, one typed character "
+                                                  "each.")] = 20,
+    file_tokens: Annotated[int, typer.Option("--file-tokens", help="Tokens of each file window sent.")] = 1500,
+    new_tokens: Annotated[int, typer.Option("--new-tokens", help="n_predict of every request (greedy).")] = 16,
+    clients: Annotated[str, typer.Option(help="Comma-separated numbers of concurrent clients.")] = "1,2,4",
+    requests: Annotated[int, typer.Option(help="Requests per concurrency level, shared among its clients.")] = 12,
+    llama_server: Annotated[Optional[Path], typer.Option(
+        "--llama-server", help="llama.cpp's llama-server binary: adds its editing flow (--cache-reuse 256) on a "
+        "GGUF of the same weights.", show_default=False)] = None,
+    gguf: Annotated[Optional[Path], typer.Option(
+        help="GGUF for --llama-server when one model is measured (default: model-bf16.gguf etc. beside the random "
+        "weights, or ~/.cache/sc2/bench/gguf/shipped/ for the shipped model).", show_default=False)] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The server from an editor's side: a cold `sc2 infill` process against a warm `sc2 serve`, the tokens evaluated
+    and time to first token while typing with prompt reuse on and off, and concurrent clients."""
+    from ..bench import serve as bench
+    from ..bench.serve_tables import render
+
+    models = list(model) if model else [s.strip().lower() for s in shape.split(",") if s.strip()]
+    if not model and (bad := [s for s in models if s not in bench.SHAPES]):
+        raise UsageError(f"unknown shape {bad[0]!r}; use {', '.join(bench.SHAPES)} (or --model for a checkpoint)")
+    if llama_server is not None and not llama_server.is_file():
+        raise UsageError(f"--llama-server {llama_server} does not exist")
+    if gguf is not None and (len(models) != 1 or not gguf.is_file()):
+        raise UsageError("--gguf needs one model (one --shape or --model) and an existing file")
+    try:
+        client_counts = [int(c) for c in clients.split(",") if c.strip()]
+    except ValueError:
+        raise UsageError(f"--clients takes comma-separated numbers, e.g. 1,2,4 (got {clients!r})") from None
+    request = bench.ServeBenchRequest(
+        models=models, dtype=dtype.strip().lower(), device=device, threads=threads, rounds=rounds,
+        keystrokes=keystrokes, file_tokens=file_tokens, new_tokens=new_tokens, clients=client_counts,
+        requests=requests, parts=[p.strip().lower() for p in parts.split(",") if p.strip()],
+        llama_server=llama_server, gguf={models[0]: gguf} if gguf else {})
+    try:
+        bench.check(request)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    try:
+        doc = bench.run_bench(request, progress=output.status)
+    except bench.BenchFailed as err:
+        raise Sc2Error(f"the measurement failed: {err}") from None
+    if json_out:
+        output.write_json(doc)
+    else:
+        output.write(render(doc))
