@@ -192,10 +192,10 @@ class OpenAIBackend:
     def check(self, job: GenerationJob, rows: int) -> GenerationJob:
         """Refuse what only sc2's own engine does."""
         if job.decode.strip().lower() != "auto":
-            raise InputError("a remote engine runs its own decode loop: only auto applies with --backend openai",
+            raise InputError("a remote engine runs its own decode loop: only auto applies to a remote server",
                              field="decode")
         if job.prompt_lookup:
-            raise InputError("prompt lookup is part of sc2's own engine: it does not apply with --backend openai",
+            raise InputError("prompt lookup is part of sc2's own engine: it does not apply to a remote server",
                              field="prompt_lookup")
         return job
 
