@@ -145,7 +145,7 @@ def read_text_input(text: str | None, what: str = "prompt") -> str:
 # What to do about it, where the fix is a flag.
 HINTS = {"truncate": "drop --no-truncate to cut it from the left"}
 FLAGS = {"truncate": "--no-truncate", "prompt_lookup": "--lookup", "prompt": "PROMPT", "text": "TEXT", "file": "FILE",
-         "out": "OUT", "checkpoint": "CHECKPOINT"}
+         "gguf_file": "OUT", "checkpoint": "CHECKPOINT"}
 
 
 def flag_message(err: InputError) -> str:

@@ -62,7 +62,7 @@ def export(checkpoint: Path, out: Path, kind: str = "f16", name: str | None = No
     tensors = _tensor_index(checkpoint, config)
     out = Path(out)
     if out.is_dir():
-        raise InputError(f"{out} is a folder; give the name of the .gguf file to write", field="out")
+        raise InputError(f"{out} is a folder; give the name of the .gguf file to write", field="gguf_file")
     writer_kinds = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                     "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
     with _temporary_beside(out) as tmp:
@@ -231,7 +231,7 @@ def _temporary_beside(out: Path) -> Iterator[Path]:
     """A temporary file in `out`'s folder, renamed to `out` when the block succeeds, removed otherwise."""
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
-        raise InputError(f"{folder} does not exist; create the folder first", field="out")
+        raise InputError(f"{folder} does not exist; create the folder first", field="gguf_file")
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".sc2tmp", dir=folder)
     os.close(fd)
     try:
