@@ -116,11 +116,6 @@ class Service:
     def ready(self) -> bool:
         return self.backend is not None
 
-    @property
-    def in_flight(self) -> int:
-        with self._lock:
-            return self._admitted
-
     def require_backend(self):
         if self.backend is None:
             raise BadRequest("Loading model", status=503, kind="unavailable_error",

@@ -39,7 +39,6 @@ class Outcome:
     limited: bool  # a time limit, n_indent or the shutdown ended it (llama.cpp's stop_type "limit")
     prompt_text: str
     completions: list  # the engine's Completions, best first (tokens, logprobs)
-    extra: object = None  # the pipeline's own result
     healed: str = ""  # the prompt's trailing whitespace, generated again: the tokens' text begins with it
 
 
@@ -67,8 +66,8 @@ def infill(service: Service, request: Request, prefix: str, suffix: str, context
         ranked = [by_row[c.index] for c in result.candidates]
         request.usage = Usage.of(result.run, len(planned.prompt.ids))
         return Outcome([c.middle for c in result.candidates], [c.finish_reason for c in result.candidates],
-                       [len(c.tokens) for c in result.candidates], Usage.of(result.run, len(planned.prompt.ids)),
-                       result.run.seed, request.limits.fired, planned.prompt.text, ranked, result)
+                       [len(c.tokens) for c in result.candidates], request.usage, result.run.seed,
+                       request.limits.fired, planned.prompt.text, ranked)
 
     return work
 
@@ -98,8 +97,8 @@ def completion(service: Service, request: Request, prompt: str | Sequence[int], 
         request.usage = Usage.of(result.run, result.prompt_tokens)
         text = prompt if ids is None else backend.tokenizer.decode(ids)
         return Outcome([c.text for c in completions], [c.finish_reason for c in completions],
-                       [len(c.tokens) for c in completions], Usage.of(result.run, result.prompt_tokens),
-                       result.run.seed, request.limits.fired, text, completions, result, planned.job.heal)
+                       [len(c.tokens) for c in completions], request.usage, result.run.seed, request.limits.fired,
+                       text, completions, planned.job.heal)
 
     return work
 
