@@ -304,3 +304,88 @@ def test_a_request_is_resolved_before_anything_is_written(tmp_path, monkeypatch)
     with pytest.raises(InputError, match="shipped model is not installed") as missing:
         plan.prepare(plan.SpeedRequest(shape="shipped"))
     assert missing.value.field == "shape" and "--" not in str(missing.value)
+
+
+# ---- the llama.cpp peers: GGUFs exported by the bench, Q8_0 against sc2-int8 --------------------------------------
+
+def test_llama_cpp_q8_0_is_set_against_sc2_int8_and_its_build_is_named():
+    doc = {
+        "machine": {"cpu": "Test CPU", "threads": 2, "torch": "2.x", "device": "cpu", "gpu": None},
+        "settings": {"dtype": "bfloat16", "repeats": 1, "prompt_tokens": 512, "new_tokens": 128},
+        "model": {"label": "shape s", "parameters": 1e6, "weight_bytes": 2e6, "bytes_per_token": 2e6},
+        "bandwidth": {"gbps": 20.0, "min_gbps": 20.0, "max_gbps": 20.0, "samples": [{}]},
+        "roofline": {"batch1_tok_s": 10.0, "batch4_tok_s": 40.0},
+    }
+
+    def engine(rate, build=None):
+        samples = [{**{k: 1.0 for k in METRIC_KEYS}, "decode_b1_tok_s": rate, "version": "0.3", "build": build}]
+        return {"available": True, "reason": None, "samples": samples, "summary": speed.summarize(samples)}
+
+    build = "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 0 | AVX512_BF16 = 0 | REPACK = 1 | "
+    doc["engines"] = {"sc2": engine(30.0), "sc2-int8": engine(60.0), "llama.cpp": engine(40.0, build),
+                      "llama.cpp-q8_0": engine(50.0, build)}
+    table = tables.render_table(doc)
+    assert "llama.cpp built with: SSE3 AVX2 REPACK\n" in table  # the features that are on, once
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert header == ["metric", "sc2", "sc2-int8", "llama.cpp", "llama.cpp-q8_0", "sc2/llama.cpp",
+                      "sc2-int8/llama.cpp-q8_0", "sc2-int8/sc2"]
+    decode = [c.strip() for c in next(r for r in rows if "decode, batch 1" in r).strip("|").split("|")]
+    assert decode[5:] == ["0.75x", "1.20x", "2.00x"]
+
+
+def test_peer_engines_follow_the_variants():
+    from sc2cli.bench.plan import BenchPlan
+
+    plan = BenchPlan(checkpoint=None, label="x", peers=["llama.cpp", "transformers"], variants=["sc2-int8"])
+    assert speed.peer_engines(plan) == ["llama.cpp", "llama.cpp-q8_0", "transformers"]
+    plan.variants = []
+    assert speed.peer_engines(plan) == ["llama.cpp", "transformers"]
+    assert speed.gguf_kind("llama.cpp", "bfloat16") == "bf16" and speed.gguf_kind("llama.cpp-q8_0", "float32") == "q8_0"
+
+
+def test_peer_gguf_is_exported_once_and_again_when_the_weights_change(tmp_path, monkeypatch):
+    pytest.importorskip("gguf", reason="the gguf extra is not installed")
+    import os
+    import shutil
+
+    from sc2cli.hub import shipped_model_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = shutil.copytree(shipped_model_dir(), tmp_path / "my-model")
+    said: list[str] = []
+    path = checkpoints.peer_gguf(model, "org/my-model", "q8_0", said.append)
+    assert path == tmp_path / "cache" / "sc2" / "bench" / "gguf" / "org--my-model" / "model-q8_0.gguf"
+    assert path.is_file() and len(said) == 1 and "Q8_0" in said[0]
+    first = path.stat().st_mtime_ns
+    assert checkpoints.peer_gguf(model, "org/my-model", "q8_0", said.append) == path and len(said) == 1
+    assert path.stat().st_mtime_ns == first
+    later = path.stat().st_mtime + 10
+    os.utime(model / "model.safetensors", (later, later))  # new weights: the export is stale
+    checkpoints.peer_gguf(model, "org/my-model", "q8_0", said.append)
+    assert len(said) == 2 and path.stat().st_mtime_ns != first
+
+
+def test_random_weights_get_a_tokenizer_or_the_reason_they_cannot(tmp_path, monkeypatch):
+    pytest.importorskip("gguf", reason="the gguf extra is not installed")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tiny, _ = checkpoints.random_checkpoint("tiny", "bfloat16")
+    with pytest.raises(checkpoints.NoGGUF, match=r"vocabulary \(512\) is smaller"):
+        checkpoints.peer_gguf(tiny, "tiny", "bf16")
+    assert not list(tiny.glob("*.gguf")) and not (tiny / "tokenizer.json").exists()
+
+
+@pytest.mark.slow
+def test_llama_cpp_columns_on_the_shipped_model(tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it could not be built)")
+    result = run_sc2(["bench", "speed", "--shape", "shipped", "--repeats", "1", "--prompt-tokens", "16",
+                      "--new-tokens", "4", "--threads", "1", "--bandwidth-gib", "0.01", "--peers", "llama.cpp",
+                      "--json"], tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr.decode()
+    doc = json.loads(result.stdout)
+    assert set(doc["engines"]) == {"sc2", "sc2-int8", "llama.cpp", "llama.cpp-q8_0"}
+    for name in ("llama.cpp", "llama.cpp-q8_0"):
+        (sample,) = doc["engines"][name]["samples"]
+        assert sample["decode_b1_tok_s"] > 0 and sample["prefill_tok_s"] > 0 and "AVX" in sample["build"]
+    gguf = doc["model"]["gguf"]
+    assert gguf["llama.cpp"].endswith("shipped/model-bf16.gguf") and gguf["llama.cpp-q8_0"].endswith("model-q8_0.gguf")

@@ -6,24 +6,18 @@ dtype to `$XDG_CACHE_HOME/sc2/bench/<shape>-<dtype>/` (or `~/.cache/sc2/bench/..
 (config.json + model.safetensors, which transformers loads unchanged), tensor by tensor from a model built on the
 meta device, so writing the 3B shape holds one tensor chunk in memory, never the model.
 
-The llama.cpp peer runs on a GGUF of the same weights: pass it with `--gguf`, or put it in the checkpoint folder
-as `model-bf16.gguf` / `model-f32.gguf` / `model-f16.gguf` (`default_gguf`). A GGUF of a checkpoint folder is
-made with the converter that ships in llama.cpp's source tree (the llama-cpp-python sdist vendors it under
-`vendor/llama.cpp/`, with its `gguf-py`; `pip install gguf` also works):
-
-    python vendor/llama.cpp/convert_hf_to_gguf.py ~/.cache/sc2/bench/s-bfloat16 --outtype bf16 \
-        --outfile ~/.cache/sc2/bench/s-bfloat16/model-bf16.gguf
-
-The converter needs a tokenizer: copy the tokenizer files of bigcode/starcoder2-3b (tokenizer.json,
-tokenizer_config.json) into the folder first; for a tokenizer llama.cpp does not recognise, declare the
-pre-tokenizer as `starcoder` (the one llama.cpp uses for bigcode/starcoder2-3b). `--outtype q8_0` gives the int8
-peer.
+The llama.cpp peers run on GGUFs of the same weights, written once by `sc2 export gguf`'s code (`peer_gguf`): at
+the benchmark's precision (BF16 for bfloat16, F32, F16) and as Q8_0 (against sc2's int8). Beside random weights
+they are `model-bf16.gguf`, `model-q8_0.gguf`... in the checkpoint folder (random weights get the shipped model's
+tokenizer.json first, which has the shapes' vocabulary size); for any other checkpoint they live in the bench
+cache, `~/.cache/sc2/bench/gguf/<model>/`, and are written again when the checkpoint is newer.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import time
 from collections.abc import Callable
@@ -93,6 +87,8 @@ def random_checkpoint(shape: str, dtype: str, root: Path | None = None, seed: in
         pass
     if progress:
         progress(f"writing random {shape} weights ({dtype}) once to {directory}")
+    for stale in directory.glob("*.gguf"):  # exports of the weights being replaced
+        stale.unlink()
     write_random_checkpoint(config, dtype, directory, seed=seed, progress=progress)
     marker.write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
     return directory, True
@@ -163,7 +159,53 @@ def write_random_checkpoint(config, dtype: str, directory: Path, seed: int = 0,
     return directory
 
 
-def default_gguf(checkpoint: Path, dtype: str) -> Path | None:
-    """The GGUF for the llama.cpp peer in the checkpoint folder (model-bf16.gguf etc.), if there is one."""
-    path = checkpoint / f"model-{GGUF_SUFFIX[dtype]}.gguf"
-    return path if path.is_file() else None
+def gguf_path(checkpoint: Path, key: str, kind: str) -> Path:
+    """Where the GGUF (`kind`: f32, f16, bf16, q8_0) of the checkpoint known as `key` (a shape name, "shipped", a
+    model reference) lives: in the folder of random weights, which the bench owns, else in the bench cache."""
+    name = f"model-{kind}.gguf"
+    if key in SHAPES and key != "shipped":
+        return checkpoint / name
+    return cache_root() / "gguf" / key.replace("/", "--") / name
+
+
+class NoGGUF(RuntimeError):
+    """The checkpoint cannot be exported for llama.cpp (the message says why)."""
+
+
+def peer_gguf(checkpoint: Path, key: str, kind: str, progress: Callable[[str], None] | None = None) -> Path:
+    """The GGUF of these weights for a llama.cpp peer, exported now when it is missing or older than the weights."""
+    from ..errors import Sc2Error
+
+    path = gguf_path(checkpoint, key, kind)
+    weights = [f for f in checkpoint.glob("*.safetensors")]
+    newest = max((f.stat().st_mtime for f in weights), default=0.0)
+    if path.is_file() and path.stat().st_mtime >= newest:
+        return path
+    tokenizer = checkpoint / "tokenizer.json"
+    if not tokenizer.is_file() and key in SHAPES and key != "shipped":
+        _give_shipped_tokenizer(checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if progress:
+        progress(f"exporting {kind.upper()} GGUF for llama.cpp once to {path}")
+    try:
+        from ..export.gguf import export
+
+        export(checkpoint, path, kind)
+    except ImportError:
+        raise NoGGUF("the gguf package is not installed (pip install 'sc2cli[gguf]')") from None
+    except Sc2Error as err:
+        raise NoGGUF(str(err)) from None
+    return path
+
+
+def _give_shipped_tokenizer(checkpoint: Path) -> None:
+    """Random weights have no tokenizer; llama.cpp needs one of the model's vocabulary size (the prompts are ids)."""
+    from ..checkpoint import load_config
+    from ..hub import shipped_model_dir
+
+    source = shipped_model_dir() / "tokenizer.json"
+    vocab = json.loads(source.read_text(encoding="utf-8"))["model"]["vocab"]
+    size = load_config(checkpoint).vocab_size
+    if len(vocab) > size:
+        raise NoGGUF(f"the shape's vocabulary ({size}) is smaller than any tokenizer's ({len(vocab)})")
+    shutil.copyfile(source, checkpoint / "tokenizer.json")

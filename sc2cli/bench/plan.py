@@ -24,6 +24,7 @@ PEER_ALIASES = {"llama_cpp": "llama.cpp", "llamacpp": "llama.cpp", "llama-cpp": 
 class BenchPlan:
     checkpoint: Path
     label: str  # "shape s", "shipped model", or the --model ref
+    key: str = "shipped"  # names the checkpoint in the bench cache: the shape, "shipped", or the --model ref
     dtype: str = "bfloat16"
     threads: int = 1
     repeats: int = 3
@@ -139,11 +140,12 @@ def make_plan(prepared: Prepared, progress: Callable[[str], None] | None = None)
 
     r = prepared.request
     checkpoint, label, written = prepared.checkpoint, prepared.label, None
+    key = prepared.shape or r.model or "shipped"
     if prepared.shape:
         checkpoint, written = random_checkpoint(prepared.shape, prepared.dtype, progress=progress)
         label = f"shape {prepared.shape} (random weights, {checkpoint})"
     return BenchPlan(
-        checkpoint=checkpoint, label=label, dtype=prepared.dtype, threads=r.threads or torch.get_num_threads(),
+        checkpoint=checkpoint, label=label, key=key, dtype=prepared.dtype, threads=r.threads or torch.get_num_threads(),
         repeats=r.repeats, prompt_tokens=r.prompt_tokens, new_tokens=r.new_tokens, peers=prepared.peers,
         variants=prepared.variants, device=prepared.device, gguf=r.gguf, bandwidth_gib=r.bandwidth_gib,
         seed=r.seed, written=written,

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from ..machine import versions
 from ..tokenizer import Tokenizer
-from .checkpoints import DTYPE_NAMES, GGUF_SUFFIX, SHAPES, cache_root
+from .checkpoints import DTYPE_NAMES, GGUF_SUFFIX, SHAPES, NoGGUF, peer_gguf
 from .client import RequestFailed, infill_body, stream_infill
 from .machine import cpu_capability_label, cpu_model
 from .servers import ProcessFailed, llama_server, process_env, sc2_command, sc2_server, time_cold
@@ -266,10 +266,11 @@ def peer_editing(served: Served, window: Window, warm: Window, suffix_tokens: in
                  env: dict, tmp: Path, progress: Callable[[str], None]) -> dict:
     """The editing flow's reuse-on requests on llama.cpp's server with `--cache-reuse 256`, on a GGUF of the same
     weights (`available` false, with the reason, when there is none)."""
-    gguf = request.gguf.get(served.key) or _default_gguf(served, request.dtype)
-    if not gguf.is_file():
-        progress(f"no GGUF of these weights (looked for {gguf}); skipped")
-        return {"available": False, "reason": f"no GGUF at {gguf}"}
+    try:
+        gguf = request.gguf.get(served.key) or peer_gguf(served.path, served.key, GGUF_SUFFIX[request.dtype], progress)
+    except NoGGUF as err:
+        progress(f"no GGUF of these weights ({err}); skipped")
+        return {"available": False, "reason": f"no GGUF: {err}"}
     threads = request.threads or os.cpu_count() or 1
     with llama_server(request.llama_server, gguf, threads, PEER_CONTEXT, env, tmp) as server:
         progress(f"llama-server ready at {server.url} in {server.ready_s:.1f}s ({gguf.name}, -t {threads}, "
@@ -279,15 +280,6 @@ def peer_editing(served: Served, window: Window, warm: Window, suffix_tokens: in
                             progress)
     return {"available": True, "gguf": str(gguf), "gguf_type": gguf.stem.rsplit("-", 1)[-1].upper(),
             "flags": f"-t {threads} -c {PEER_CONTEXT} -np 1 --cache-reuse 256", **flow}
-
-
-def _default_gguf(served: Served, dtype: str) -> Path:
-    """model-bf16.gguf (etc.) beside random weights (where `sc2 bench speed` looks too), else in the bench cache:
-    ~/.cache/sc2/bench/gguf/<model>/model-bf16.gguf (the shipped model's: gguf/shipped/)."""
-    name = f"model-{GGUF_SUFFIX[dtype]}.gguf"
-    if served.key in SHAPES and served.key != "shipped":
-        return served.path / name
-    return cache_root() / "gguf" / served.key.replace("/", "--") / name
 
 
 # ---- 3. concurrent clients ----------------------------------------------------------------------------------------

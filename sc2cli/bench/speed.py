@@ -24,8 +24,10 @@ What is measured:
   count; each decode sample is also given as a fraction of the roofline of its round: batch b can at best make
   b x bandwidth / bytes of weights read per step tokens per second (roofline.py says what is counted).
 
-The llama.cpp peer runs through `llama-cpp-python` when it is importable, on a GGUF of the same weights (see
-checkpoints.py for making one). llama-cpp-python's high-level API runs one sequence, so its batch-4 decode is
+The llama.cpp peers run through `llama-cpp-python` when it is importable, on GGUFs of the same weights that the
+bench exports once (checkpoints.py): `llama.cpp` at the benchmark's precision (BF16 against sc2 bfloat16), and
+`llama.cpp-q8_0` against sc2-int8. Which CPU code the bindings were built with goes into the table (an AVX2 build
+runs on an AVX-512 machine too). llama-cpp-python's high-level API runs one sequence, so its batch-4 decode is
 reported as not measured.
 """
 
@@ -41,12 +43,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .checkpoints import DTYPE_NAMES, SHAPES, default_gguf, random_checkpoint, shape_config, torch_dtype
+from .checkpoints import (DTYPE_NAMES, GGUF_SUFFIX, SHAPES, NoGGUF, peer_gguf, random_checkpoint, shape_config,
+                          torch_dtype)
 from .machine import cpu_model, gpu_name
 from .plan import BenchPlan, SpeedRequest, make_plan, prepare
 from .roofline import parameter_count, roofline_tok_s, weight_bytes_per_token
 from .tables import METRICS, format_value, render_table
-from .workers import PEERS, SC2_VARIANTS
+from .workers import LLAMA_CPP_ENGINES, PEERS, SC2_VARIANTS
 
 # What `sc2 bench speed` (sc2cli/cli/bench.py) uses, besides what is defined here.
 __all__ = ["DTYPE_NAMES", "PEERS", "SC2_VARIANTS", "SHAPES", "BenchPlan", "SpeedRequest", "WorkerFailed",
@@ -81,24 +84,46 @@ def _subprocess_json(argv: list[str], threads: int) -> dict:
     return json.loads(lines[-1])
 
 
-def worker_argv(plan: BenchPlan, engine: str) -> list[str]:
+def worker_argv(plan: BenchPlan, engine: str, gguf: Path | None = None) -> list[str]:
     argv = ["worker", "--engine", engine, "--checkpoint", str(plan.checkpoint), "--dtype", plan.dtype,
             "--threads", str(plan.threads), "--prompt-tokens", str(plan.prompt_tokens),
             "--new-tokens", str(plan.new_tokens), "--seed", str(plan.seed), "--device", plan.device]
-    if plan.gguf is not None:
-        argv += ["--gguf", str(plan.gguf)]
+    if gguf is not None:
+        argv += ["--gguf", str(gguf)]
     return argv
 
 
-def peer_status(peer: str, plan: BenchPlan) -> str | None:
-    """None when the peer can run here, else why not (shown in the table)."""
+def peer_engines(plan: BenchPlan) -> list[str]:
+    """The peer columns: each peer asked for; llama.cpp also as Q8_0 when sc2-int8 is measured (its counterpart)."""
+    names = []
+    for peer in plan.peers:
+        if peer == "llama.cpp":
+            names += [e for e in LLAMA_CPP_ENGINES if e == "llama.cpp" or "sc2-int8" in plan.variants]
+        else:
+            names.append(peer)
+    return names
+
+
+def gguf_kind(engine: str, dtype: str) -> str:
+    return "q8_0" if engine == "llama.cpp-q8_0" else GGUF_SUFFIX[dtype]
+
+
+def peer_status(peer: str, plan: BenchPlan, ggufs: dict[str, Path],
+                progress: Callable[[str], None] = lambda message: None) -> str | None:
+    """None when the peer can run here (a llama.cpp peer's GGUF is then in `ggufs`, exported first if needed),
+    else why not (shown in the table)."""
     if peer == "transformers":
         return None if importlib.util.find_spec("transformers") else "not installed"
-    if peer == "llama.cpp":
+    if peer in LLAMA_CPP_ENGINES:
         if importlib.util.find_spec("llama_cpp") is None:
             return "not installed"
-        if plan.gguf is None or not Path(plan.gguf).is_file():
-            return "no GGUF (see --gguf)"
+        if peer == "llama.cpp" and plan.gguf is not None:
+            ggufs[peer] = Path(plan.gguf)
+            return None
+        try:
+            ggufs[peer] = peer_gguf(plan.checkpoint, plan.key, gguf_kind(peer, plan.dtype), progress)
+        except NoGGUF as err:
+            return f"no GGUF: {err}"
         return None
     raise ValueError(f"unknown peer {peer!r}")
 
@@ -114,13 +139,12 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
     params = parameter_count(config)
     weight_bytes = params * itemsize
     per_token = weight_bytes_per_token(config, itemsize)
-    if plan.gguf is None:
-        plan.gguf = default_gguf(plan.checkpoint, plan.dtype)
     engines: dict[str, dict] = {
         v: {"available": True, "reason": None, "samples": [], "errors": []} for v in dict.fromkeys(["sc2", *plan.variants])
     }
-    for peer in plan.peers:
-        reason = peer_status(peer, plan)
+    ggufs: dict[str, Path] = {}
+    for peer in peer_engines(plan):
+        reason = peer_status(peer, plan, ggufs, progress)
         engines[peer] = {"available": reason is None, "reason": reason, "samples": [], "errors": []}
         if reason:
             progress(f"{peer}: {reason}")
@@ -135,15 +159,15 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
             if not entry["available"]:
                 continue
             try:
-                sample = _subprocess_json(worker_argv(plan, engine), plan.threads)
+                sample = _subprocess_json(worker_argv(plan, engine, ggufs.get(engine)), plan.threads)
             except WorkerFailed as err:
                 entry["errors"].append(str(err))
                 progress(f"{tag}: {engine} failed: {err}")
                 continue
             sample["round"] = round_index
             sample["bandwidth_gbps"] = bw["gbps"]
-            # int8 weights read one byte per parameter (plus a scale per row) instead of `itemsize`.
-            engine_bytes = per_token // itemsize if "int8" in engine else per_token
+            # int8 and Q8_0 weights read about one byte per parameter (plus scales) instead of `itemsize`.
+            engine_bytes = per_token // itemsize if engine in ("sc2-int8", "llama.cpp-q8_0") else per_token
             for batch in (1, 4):
                 rate = sample.get(f"decode_b{batch}_tok_s")
                 sample[f"roofline_b{batch}"] = (rate / roofline_tok_s(bw["gbps"], engine_bytes, batch)
@@ -169,7 +193,7 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
                      "bandwidth_gib": plan.bandwidth_gib},
         "model": {"label": plan.label, "checkpoint": str(plan.checkpoint), "parameters": params,
                   "weight_bytes": weight_bytes, "bytes_per_token": per_token, "checkpoint_written": plan.written,
-                  "gguf": str(plan.gguf) if plan.gguf else None, **plan.extra},
+                  "gguf": {engine: str(path) for engine, path in ggufs.items()}, **plan.extra},
         "bandwidth": {"gbps": bw_median, "min_gbps": min(gbps), "max_gbps": max(gbps), "samples": bandwidth,
                       "method": "median of torch.sum passes over a float32 tensor, fresh process per round"},
         "roofline": {"batch1_tok_s": roofline_tok_s(bw_median, per_token, 1),

@@ -1,12 +1,15 @@
 """The report of `sc2 bench speed`: which metrics it has (METRICS) and the Markdown table of a run's document.
 
 Rows are metrics, columns are engines and then the sc2/peer (and variant/sc2) ratios of the medians, so sc2 and
-its peers are read side by side; every cell is median (min–max) over the rounds.
+its peers are read side by side (llama.cpp's Q8_0 against sc2-int8, every other peer against sc2); every cell is
+median (min–max) over the rounds.
 """
 
 from __future__ import annotations
 
 from .workers import SC2_VARIANTS
+
+COUNTERPART = {"llama.cpp-q8_0": "sc2-int8"}  # the sc2 engine a peer is compared with, where it is not sc2
 
 # (key, label, kind, better): kind picks the number format; better says which way is good (for the reader).
 METRICS: tuple[tuple[str, str, str, str], ...] = (
@@ -58,6 +61,8 @@ def render_table(doc: dict) -> str:
     for name, entry in engines.items():
         if entry["samples"] and name not in SC2_VARIANTS:
             versions.append(f"{name} {entry['samples'][0].get('version')}")
+    builds = {entry["samples"][0].get("build") for name, entry in engines.items()
+              if name.startswith("llama.cpp") and entry["samples"]} - {None}
     where = machine["cpu"] + (f", GPU {machine['gpu']}" if machine.get("gpu") else "")
     bw_range = f" ({bw['min_gbps']:.1f}–{bw['max_gbps']:.1f})" if len(bw["samples"]) > 1 else ""
     lines = [
@@ -72,11 +77,14 @@ def render_table(doc: dict) -> str:
         f"batch 1, {doc['roofline']['batch4_tok_s']:,.0f} at batch 4",
         "cells: median (min–max); ratio = sc2 median / peer median (tok/s: higher is better; s, MB: lower); "
         "sc2 = prepacked bf16 weights on CPU, CUDA-graph decode on CUDA; sc2-int8 = --quantize int8; "
-        "sc2-eager = no CUDA graph; sc2-compile = torch.compile + CUDA graph",
+        "sc2-eager = no CUDA graph; sc2-compile = torch.compile + CUDA graph; llama.cpp = a GGUF of the same weights "
+        "at the same precision, llama.cpp-q8_0 = Q8_0 (set against sc2-int8)",
+        *[f"llama.cpp built with: {_features(build)}" for build in sorted(builds)],
         "",
     ]
     columns = ["sc2", *variants, *peers]
-    ratios = [("sc2", p) for p in peers] + [(v, "sc2") for v in variants]
+    ratios = [(COUNTERPART.get(p, "sc2"), p) for p in peers if COUNTERPART.get(p, "sc2") in engines]
+    ratios += [(v, "sc2") for v in variants]
     header = ["metric", *columns, *[f"{a}/{b}" for a, b in ratios]]
     rows = [["available", *[("yes" if engines[c]["available"] else engines[c]["reason"]) for c in columns],
              *["" for _ in ratios]]]
@@ -96,3 +104,9 @@ def render_table(doc: dict) -> str:
     lines.append("|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|")
     lines.extend(line(r) for r in rows)
     return "\n".join(lines) + "\n"
+
+
+def _features(build: str) -> str:
+    """llama.cpp's system info ("CPU : SSE3 = 1 | AVX512 = 0 | ...") as the features that are on."""
+    on = [part.split("=")[0].strip() for part in build.replace("CPU :", "").split("|") if part.strip().endswith("= 1")]
+    return " ".join(on) or build

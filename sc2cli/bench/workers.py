@@ -26,11 +26,13 @@ SC2_VARIANTS = {
     "sc2-eager": {"quantize": "none", "decode": "eager"},
     "sc2-compile": {"quantize": "none", "decode": "compile"},
 }
-ENGINES = (*SC2_VARIANTS, "transformers", "llama.cpp")
 PEERS = ("transformers", "llama.cpp")
+# The llama.cpp peers: the GGUF at the benchmark's precision, and Q8_0 (set against sc2-int8) when that variant runs.
+LLAMA_CPP_ENGINES = ("llama.cpp", "llama.cpp-q8_0")
+ENGINES = (*SC2_VARIANTS, "transformers", *LLAMA_CPP_ENGINES)
 WORKER_KEYS = ("engine", "version", "device", "dtype", "threads", "prompt_tokens", "new_tokens", "import_s",
                "load_s", "ttft_cold_s", "ttft_s", "prefill_s", "prefill_tok_s", "decode_b1_s", "decode_b1_tok_s",
-               "decode_b4_s", "decode_b4_tok_s", "rss_start_bytes", "rss_load_bytes", "rss_peak_bytes", "notes")
+               "decode_b4_s", "decode_b4_tok_s", "rss_start_bytes", "rss_load_bytes", "rss_peak_bytes", "build", "notes")
 
 
 @dataclass
@@ -200,6 +202,8 @@ def measure_llama_cpp(a: WorkerArgs, result: dict) -> None:
     from llama_cpp import Llama
 
     result["version"] = getattr(llama_cpp, "__version__", "?")
+    # The CPU code the library was built with (an AVX2 build runs on an AVX-512 machine too, but slower).
+    result["build"] = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
     result["import_s"] = time.perf_counter() - result.pop("_started")
     result["rss_start_bytes"] = peak_rss_bytes()
     if not a.gguf:
@@ -242,8 +246,8 @@ def run_worker(a: WorkerArgs, started: float | None = None) -> dict:
     result.update(engine=a.engine, device=a.device, dtype=a.dtype, threads=a.threads,
                   prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens, notes=[])
     result["_started"] = started if started is not None else time.perf_counter()
-    measure = measure_sc2 if a.engine in SC2_VARIANTS else {
-        "transformers": measure_transformers, "llama.cpp": measure_llama_cpp}[a.engine]
+    measure = (measure_sc2 if a.engine in SC2_VARIANTS else
+               measure_transformers if a.engine == "transformers" else measure_llama_cpp)
     measure(a, result)
     result["rss_peak_bytes"] = peak_rss_bytes()
     return result

@@ -89,8 +89,8 @@ def bench_speed(
     peers: Annotated[str, typer.Option(
         help="Comma-separated peers: transformers, llama.cpp; or none.")] = "transformers,llama.cpp",
     gguf: Annotated[Optional[Path], typer.Option(
-        help="GGUF of the same weights for the llama.cpp peer (default: model-bf16.gguf etc. in the checkpoint "
-        "folder).", show_default=False)] = None,
+        help="GGUF of the same weights for the llama.cpp peer at --dtype's precision (default: exported once by "
+        "the bench, as is the Q8_0 set against sc2-int8).", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N.")] = "cpu",
     variants: Annotated[Optional[str], typer.Option(
         help="Comma-separated sc2 variants besides sc2 itself: sc2-int8, sc2-eager, sc2-compile (CUDA); or none. "
@@ -228,8 +228,8 @@ def bench_serve(
         "--llama-server", help="llama.cpp's llama-server binary: adds its editing flow (--cache-reuse 256) on a "
         "GGUF of the same weights.", show_default=False)] = None,
     gguf: Annotated[Optional[Path], typer.Option(
-        help="GGUF for --llama-server when one model is measured (default: model-bf16.gguf etc. beside the random "
-        "weights, or ~/.cache/sc2/bench/gguf/shipped/ for the shipped model).", show_default=False)] = None,
+        help="GGUF for --llama-server when one model is measured (default: exported once by the bench at --dtype's "
+        "precision).", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """The server from an editor's side: a cold `sc2 infill` process against a warm `sc2 serve`, the tokens evaluated
