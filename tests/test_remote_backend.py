@@ -426,3 +426,71 @@ def test_llama_cpp_takes_text_only_so_a_file_that_spells_file_sep_is_refused(lla
     warning, error = stderr.strip().splitlines()  # (llama-cpp-python names no context size: a warning says so)
     assert "does not say its context size" in warning
     assert "takes prompts only as text" in error and "<file_sep>" in error
+
+
+HELD_OUT_TASKS = 24
+HELD_OUT_NEW = 24
+TIE = 1e-3  # a top-two logit gap below this fraction of the largest logit is a tie either engine may break
+
+
+@pytest.fixture(scope="module")
+def windowed_backends(llama_server):
+    """sc2's float32 engine here and llama.cpp's server, both given the config with its context cut to the sliding
+    window: prompt and middle then fit the window, the only span where llama.cpp's starcoder2 (which applies no
+    window) computes what sc2 does."""
+    import copy
+
+    from sc2cli.backends.local import LocalBackend
+    from sc2cli.backends.openai_remote import OpenAIBackend
+    from sc2cli.checkpoint import load, open_checkpoint
+
+    local = LocalBackend(load("sc2-tiny", dtype="float32"))
+    remote = OpenAIBackend.connect(llama_server, open_checkpoint("sc2-tiny", weights=False), model_given=True)
+    windowed = copy.copy(local.config)
+    windowed.max_position_embeddings = windowed.sliding_window
+    return local, remote, windowed
+
+
+def _gap_at_divergence(local, prompt_ids: list[int], ours: list[int], theirs: list[int]) -> float:
+    """The gap between the two engines' choices at the first token where they differ, as a fraction of the largest
+    logit there, by sc2's float32 logits."""
+    import torch
+
+    at = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+    ids = torch.tensor([prompt_ids + ours[:at]])
+    with torch.inference_mode():
+        logits = local.model(ids).logits[0, -1]
+    return float((logits[ours[at]] - logits[theirs[at]]).abs() / logits.abs().max())
+
+
+@needs_llama_cpp
+def test_held_out_infill_tasks_on_llama_cpp_give_the_local_middles(windowed_backends, capsys):
+    """Greedy infill of held-out standard-library lines (as `sc2 bench infill` picks them; line and block mode in
+    turn): the middle llama.cpp's server makes from sc2's prompt is the one sc2 makes here, except where the two
+    first tokens that differ are tied in sc2's own logits."""
+    from sc2cli.backends.base import GenerationJob
+    from sc2cli.bench.infill import infill_tasks
+    from sc2cli.fim.pipeline import InfillRequest, fill, plan
+    from sc2cli.generation.sampling import SamplingParams
+
+    local, remote, windowed = windowed_backends
+    tasks = infill_tasks(None, per_file=1, limit=HELD_OUT_TASKS, seed=1)[0]
+    assert len(tasks) == HELD_OUT_TASKS
+    job = GenerationJob(sampling=SamplingParams(temperature=0.0), max_new_tokens=HELD_OUT_NEW)
+    same, ties, prompt_tokens = 0, [], []
+    for index, task in enumerate(tasks):
+        kept, mode = (task.target[: len(task.target) // 2], "line") if index % 2 else ("", "block")
+        request = InfillRequest.from_text(task.prefix + kept, "\n" + task.suffix, path=task.path, mode=mode, job=job)
+        planned = plan(request, local.tokenizer, windowed)
+        prompt_tokens.append(len(planned.prompt.ids))
+        ours, theirs = fill(request, local, planned=planned).best, fill(request, remote, planned=planned).best
+        if ours.middle == theirs.middle:
+            same += 1
+            continue
+        gap = _gap_at_divergence(local, list(planned.prompt.ids), ours.tokens, theirs.tokens)
+        assert gap < TIE, (task.path, task.line, ours.middle, theirs.middle, gap)
+        ties.append(gap)
+    with capsys.disabled():
+        print(f"\nllama.cpp's server vs sc2 float32 on {len(tasks)} held-out infill tasks: {same} middles equal, "
+              f"{len(ties)} differ at a tie; prompts of {min(prompt_tokens)}-{max(prompt_tokens)} tokens")
+    assert same >= len(tasks) - 2  # ties are rare: more would say the engines compute differently
