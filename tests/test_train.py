@@ -157,3 +157,72 @@ def test_fine_tuning_starts_from_the_given_checkpoint(corpus, tmp_path):
     b = Starcoder2ForCausalLM.from_pretrained(tuned).state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # a tiny step from the same weights
     assert Tokenizer.from_dir(tuned).vocab_size == Tokenizer.from_dir(base).vocab_size
+
+
+# ---- FIM spans, repositories, streaming rows ---------------------------------------------------------------------
+
+BLOCKY = ("import os\n\n\ndef load(path):\n    with open(path) as f:\n        text = f.read()\n    return text\n\n\n"
+          "class Store:\n    def __init__(self):\n        self.items = {}\n\n    def put(self, key, value):\n"
+          "        self.items[key] = value\n")
+
+
+def test_fim_spans_cover_what_editors_ask_for():
+    assert sum(share for _, share in trainset.SPANS) == pytest.approx(1.0)
+    whole_lines = 0
+    for seed in range(400):
+        prefix, middle, suffix = trainset.fim_split(BLOCKY, random.Random(seed))
+        assert prefix + middle + suffix == BLOCKY
+        if (not prefix or prefix.endswith("\n")) and middle.endswith("\n"):
+            whole_lines += 1
+    assert whole_lines > 400 * 0.5  # one line, a few lines, blocks: most middles are whole lines
+
+
+def test_a_block_span_is_the_body_a_line_opens():
+    lines = BLOCKY.splitlines(keepends=True)
+    opener = lines.index("def load(path):\n")
+    start, end = trainset._block(lines, opener)
+    assert "".join(lines[start:end]) == ("    with open(path) as f:\n        text = f.read()\n    return text\n")
+    inner = lines.index("        self.items = {}\n")
+    start, end = trainset._block(lines, inner)
+    assert "".join(lines[start:end]) == "        self.items = {}\n"
+
+
+def test_documents_hold_files_of_one_repository():
+    files = [trainset.SourceFile(f"{repo}/m{i}.py", f"# {repo} {i}\nx = {i}\n", repo)
+             for repo in ("alpha", "beta", "gamma") for i in range(8)]
+    docs = list(trainset.epoch_documents(files, seed=0, epoch=0, piece_chars=200, repo_name="unused", fim_rate=0.0))
+    assert sum(doc.count("<file_sep>") for doc in docs) == len(files)  # every file once
+    for doc in docs:
+        repos = {repo for repo in ("alpha", "beta", "gamma") if f"# {repo} " in doc}
+        assert len(repos) == 1, doc
+        if doc.startswith("<repo_name>"):
+            assert doc.startswith(f"<repo_name>{repos.pop()}<file_sep>")
+
+
+def test_rows_stream_deterministically_and_resume_mid_epoch(corpus):
+    from sc2cli.train.bpe import train_bpe
+
+    files = trainset.collect_files(corpus)
+    tokenizer = Tokenizer(train_bpe((f.text for f in files), SHAPE.vocab_size))
+    args = (files, tokenizer, 16, 0, "org/repo", 0.5)
+    first = [row.tolist() for row in trainset.epoch_rows(*args[:4], 0, *args[4:], block_docs=3)]
+    again = [row.tolist() for row in trainset.epoch_rows(*args[:4], 0, *args[4:], block_docs=3)]
+    assert first == again and len(first) > 6 and all(len(row) == 17 for row in first)
+    per_epoch = len(first) // 2  # batches of 2 rows (an odd last row is left)
+    whole = trainset.Batches(*args, batch_size=2)
+    seen = [whole.next().tolist() for _ in range(per_epoch + 3)]  # into the second epoch
+    assert whole.epoch == 1 and seen[0] == first[:2] and seen[per_epoch - 1] == first[2 * per_epoch - 2:2 * per_epoch]
+    for k in (1, per_epoch - 1, per_epoch + 1, per_epoch + 2):
+        epoch, batch = divmod(k, per_epoch)
+        resumed = trainset.Batches(*args, batch_size=2, epoch=epoch, row=2 * batch)
+        assert resumed.next().tolist() == seen[k], k
+
+
+def test_middle_share_is_measured():
+    files = [trainset.SourceFile(f"m{i}.py", BLOCKY * 3) for i in range(30)]
+    from sc2cli.train.bpe import train_bpe
+
+    tokenizer = Tokenizer(train_bpe((f.text for f in files), SHAPE.vocab_size))
+    share = trainset.middle_share(files, tokenizer, 64, docs=50)
+    assert 0.0 < share < 0.5
+    assert trainset.middle_share(files, tokenizer, 64, fim_rate=0.0, docs=50) == 0.0

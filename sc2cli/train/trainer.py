@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from . import data as trainset
 from .bpe import check_vocab_size, train_bpe
+from .corpus import is_corpus
 from ..errors import InputError, Sc2Error
 from ..files import atomic_write_bytes
 from ..model import Starcoder2Config, Starcoder2ForCausalLM
@@ -418,8 +419,14 @@ def train(settings: TrainSettings, resume: bool = True,
             raise SavedRunMismatch(out, found)
         settings = saved
     s = settings
-    files = trainset.collect_files(resolve_data_dir(s.data))
-    train_files, heldout_files = trainset.split_files(files, s.heldout_fraction)
+    data_dir = resolve_data_dir(s.data)
+    if is_corpus(data_dir):  # a corpus built by corpus.py: held out by package
+        train_files = trainset.corpus_files(data_dir, "train")
+        heldout_files = trainset.corpus_files(data_dir, "heldout")
+        files = train_files + heldout_files
+    else:
+        files = trainset.collect_files(data_dir)
+        train_files, heldout_files = trainset.split_files(files, s.heldout_fraction)
     if not train_files:
         raise InputError(f"no Python source files found in {s.data}")
 
@@ -442,11 +449,10 @@ def _run(s: TrainSettings, out: Path, state: TrainState | None, new_paths: "_New
     else:
         state = TrainState()
         tokenizer = prepare_tokenizer(s, train_files)
-    eval_rows = trainset.epoch_tensor(heldout_files, tokenizer, s.seq_len, s.seed, 0, s.repo_name, s.fim_rate)[: s.eval_rows]
-    rows = trainset.epoch_tensor(train_files, tokenizer, s.seq_len, s.seed, state.epoch, s.repo_name, s.fim_rate)
-    if rows.shape[0] < s.batch_size:
-        raise InputError(f"the training data gives {rows.shape[0]} sequences of {s.seq_len} tokens, fewer than "
-                         f"one batch of {s.batch_size}", field="batch_size")
+    eval_rows = trainset.first_rows(heldout_files, tokenizer, s.seq_len, s.seed, s.repo_name, s.fim_rate, s.eval_rows)
+    batches = trainset.Batches(train_files, tokenizer, s.seq_len, s.seed, s.repo_name, s.fim_rate, s.batch_size,
+                               state.epoch, state.row)
+    first_batch = batches.next()  # (before the model is built: data too small for one batch is an error at once)
     evaluate = eval_rows.shape[0] > 0
     if not evaluate and on_note:
         if heldout_files:
@@ -472,12 +478,9 @@ def _run(s: TrainSettings, out: Path, state: TrainState | None, new_paths: "_New
             group["lr"] = learning_rate(state.step, s)
         total = 0.0
         for _ in range(s.grad_accum):
-            if state.row + s.batch_size > rows.shape[0]:
-                state.epoch, state.row = state.epoch + 1, 0
-                rows = trainset.epoch_tensor(train_files, tokenizer, s.seq_len, s.seed, state.epoch, s.repo_name,
-                                             s.fim_rate)
-            batch = rows[state.row:state.row + s.batch_size].long().to(s.device)
-            state.row += s.batch_size
+            batch = (first_batch if first_batch is not None else batches.next()).long().to(s.device)
+            first_batch = None
+            state.epoch, state.row = batches.epoch, batches.row
             with torch.autocast(torch.device(s.device).type, dtype=torch.bfloat16, enabled=s.autocast):
                 loss = next_token_loss(model, batch) / s.grad_accum
             loss.backward()
