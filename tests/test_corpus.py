@@ -153,3 +153,12 @@ def test_sc2_train_reads_a_corpus_and_measures_the_held_out_packages(tmp_path):
                                 warmup_steps=1, save_every=2, eval_every=1, shape=shape), on_note=notes.append)
     assert not notes  # the held-out package gives held-out rows (no path-hash split of a corpus)
     assert [len(row) for row in state.history] == [4, 4] and all(row[3] > 0 for row in state.history)
+
+
+def test_bench_infill_draws_from_the_held_out_packages(built):
+    from sc2cli.bench.infill import source_files
+
+    out, _, _ = built
+    files, description = source_files(str(out))
+    assert [(f.repo, f.path) for f in files] == [("viewer", "viewer/main.py")]
+    assert description == f"held-out packages of the corpus {out}"

@@ -37,15 +37,20 @@ class Task:
 
 
 def source_files(data: str | None) -> tuple[list[SourceFile], str]:
-    """(files, description): the held-out split of this Python's standard library (None), or every Python file
-    under the folder `data` (or the named dataset `resolve_data_dir` knows)."""
+    """(files, description): the held-out split of this Python's standard library (None), the held-out packages of
+    a corpus folder, or every Python file under the folder `data` (or the named dataset `resolve_data_dir`
+    knows)."""
     from ..train import data as trainset
+    from ..train.corpus import is_corpus
     from ..train.trainer import resolve_data_dir
 
     if data is None:
         return (trainset.split_files(trainset.collect_files(resolve_data_dir("stdlib")))[1],
                 "held-out split of the Python standard library")
-    return trainset.collect_files(resolve_data_dir(data)), data
+    folder = resolve_data_dir(data)
+    if is_corpus(folder):  # a corpus of sc2cli/train/corpus.py: its held-out packages
+        return trainset.corpus_files(folder, "heldout"), f"held-out packages of the corpus {data}"
+    return trainset.collect_files(folder), data
 
 
 def infill_tasks(data: str | None, per_file: int = 3, seed: int = 0,

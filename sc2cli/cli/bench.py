@@ -29,7 +29,8 @@ app = typer.Typer(help="Benchmarks: infill exact match, speed against peers, the
 @app.command("infill")
 def bench_infill(
     data: Annotated[Optional[str], typer.Option(
-        help="Folder of Python files to draw tasks from (default: the held-out split of this Python's stdlib).",
+        help="Folder of Python files to draw tasks from, or a corpus folder (its held-out packages); default: the "
+        "held-out split of this Python's stdlib.",
         show_default=False)] = None,
     model: ModelOpt = None,
     revision: RevisionOpt = None,

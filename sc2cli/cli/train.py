@@ -24,7 +24,8 @@ OPTIONS = {"num_hidden_layers": "layers", "num_attention_heads": "heads", "num_k
 
 
 def train(
-    data: Annotated[str, typer.Argument(help="Folder of source files, or 'stdlib' (this Python's standard library).")],
+    data: Annotated[str, typer.Argument(help="Folder of source files, a corpus folder (`make corpus`: held out by "
+                                        "package), or 'stdlib' (this Python's standard library).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder: checkpoint, optimizer and state.")],
     init: Annotated[Optional[str], typer.Option(
         help="Checkpoint to fine-tune (folder or Hub id); default: train from scratch.", show_default=False)] = None,
