@@ -9,7 +9,7 @@ PROMPT ?= def fibonacci(n):
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: install test test-quick lint-imports run completions tiny-model clean
+.PHONY: install test test-quick lint-imports run completions corpus tiny-model clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,13 @@ run: $(STAMP)
 
 completions: $(STAMP)
 	$(BIN)/python -m sc2cli.cli.completions completions
+
+# The training corpus (sc2cli/train/corpus.py): permissively licensed Python from the standard library, the
+# packages installed here and wheels fetched from PyPI by name, deduplicated, held out by package; its data card
+# is docs/data-card.md. About 10 minutes (the wheels are fetched once, into data/corpus-wheels).
+CORPUS ?= data/corpus
+corpus: $(STAMP)
+	$(BIN)/python -m sc2cli.train.corpus build $(CORPUS) --card docs/data-card.md > /dev/null
 
 # Reproduces the shipped model from scratch (its recipe is `sc2 train`'s defaults, 5000 steps): about 5.3 hours
 # on a 2-core CPU (2,150 tokens/s), resumable (run it again to continue); add `--device cuda` to the train line on

@@ -21,7 +21,7 @@ class CpuCapability:
     """What this CPU's kernels can do, as far as sc2's choices go (see `cpu_capability`)."""
 
     isa: str  # torch's dispatch level: "AVX512", "AVX2", "DEFAULT", ... (`torch.backends.cpu.get_cpu_capability`)
-    onednn_bf16: bool  # oneDNN runs bf16 linears (prepacked bf16 weights, `linear.PackedLinear`)
+    onednn_bf16: bool  # oneDNN has bf16 GEMM kernels (`linear.Bf16Linear` multiplies several rows there)
     int8_vnni: bool  # fbgemm's int8 GEMM sums u8 x s8 products in 32 bits (AVX-512 VNNI), never in 16
 
 
@@ -29,9 +29,12 @@ class CpuCapability:
 AVX512_VNNI_CPU = CpuCapability("AVX512", onednn_bf16=True, int8_vnni=True)  # Cascade Lake and later Xeons, Zen 4
 AVX512_CPU = CpuCapability("AVX512", onednn_bf16=True, int8_vnni=False)  # Skylake-SP
 AVX2_CPU = CpuCapability("AVX2", onednn_bf16=False, int8_vnni=False)  # Haswell to Comet Lake, Zen 1-3
+BASELINE_CPU = CpuCapability("DEFAULT", onednn_bf16=False, int8_vnni=False)  # no AVX2 (or not x86)
 
 # fbgemm's FBGEMM_ENABLE_INSTRUCTIONS values that cap it below its VNNI kernels.
 _FBGEMM_WITHOUT_VNNI = ("AVX2", "AVX512", "AVX512_256")
+# oneDNN's ONEDNN_MAX_CPU_ISA values that cap it below its bf16 kernels.
+_ONEDNN_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI")
 
 
 def cpu_capability() -> CpuCapability:
@@ -41,6 +44,8 @@ def cpu_capability() -> CpuCapability:
     - oneDNN's bf16 linear needs AVX-512 BW+VL+DQ or AVX-NE-CONVERT on x86 (elsewhere it raises "bf16 path
       needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq"). Other architectures are not
       claimed: bf16 runs there on plain `F.linear`.
+      oneDNN honours ONEDNN_MAX_CPU_ISA, so a value below its bf16 kernels means no bf16 there either (with
+      ATEN_CPU_CAPABILITY=avx2 for torch's own kernels, the whole AVX2 path can be measured on an AVX-512 CPU).
     - fbgemm's int8 GEMM multiplies u8 activations by s8 weights. With AVX-512 VNNI each product is summed in
       32 bits; without it (AVX2, or AVX-512 before Cascade Lake) pairs of products are first added into a
       saturating 16-bit sum, which 8-bit activations overflow (255 * 127 * 2 > 32767). fbgemm honours
@@ -51,6 +56,8 @@ def cpu_capability() -> CpuCapability:
     x86 = caps.get("architecture", "x86_64") in ("x86_64", "x86", "i386", "i686", "AMD64")
     onednn_bf16 = x86 and bool(caps.get("avx_ne_convert") or (
         caps.get("avx512_bw") and caps.get("avx512_vl") and caps.get("avx512_dq")))
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ONEDNN_WITHOUT_BF16:
+        onednn_bf16 = False
     vnni = x86 and bool(caps.get("avx512_vnni"))
     if os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "").strip().upper() in _FBGEMM_WITHOUT_VNNI:
         vnni = False
@@ -126,15 +133,16 @@ def _mps_available() -> bool:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto': bfloat16 where the hardware does it fast (CUDA with bf16, CPUs with AVX-512 and oneDNN's bf16
-    kernels), float16 on MPS and older GPUs, else float32. An explicit dtype must run on the device."""
+    """'auto': bfloat16 on CUDA with bf16 and on x86 CPUs with AVX2 or better (weights stay 16-bit in memory; where
+    the CPU has no bf16 arithmetic, products sum in float32: `linear.Bf16Linear`), float16 on MPS and older
+    GPUs, else float32. An explicit dtype must run on the device."""
     name = name.strip().lower()
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if device.type == "mps":
             return torch.float16
-        return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
+        return torch.bfloat16 if _cpu_streams_bf16() else torch.float32
     if name not in DTYPES:
         raise InputError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16", field="dtype")
     dtype = DTYPES[name]
@@ -143,9 +151,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def _cpu_has_fast_bf16() -> bool:
-    capability = cpu_capability()
-    return capability.isa.startswith("AVX512") and capability.onednn_bf16
+def _cpu_streams_bf16() -> bool:
+    """Whether this CPU has vector code for bf16 weights (`Bf16Linear`): x86 with AVX2 or AVX-512."""
+    return cpu_capability().isa.startswith(("AVX2", "AVX512"))
 
 
 def _runs(dtype: torch.dtype, device: torch.device) -> bool:

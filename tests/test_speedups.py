@@ -19,21 +19,22 @@ import torch.nn.functional as F
 from oracle import WINDOW, random_prompt, reference_greedy, windowed_pair
 
 from sc2cli import devices
-from sc2cli.devices import AVX2_CPU, AVX512_CPU, AVX512_VNNI_CPU, CpuCapability
+from sc2cli.devices import AVX2_CPU, AVX512_CPU, AVX512_VNNI_CPU, BASELINE_CPU, CpuCapability
 from sc2cli.errors import InputError
 from sc2cli.generation.decode import resolve_mode
 from sc2cli.generation.engine import StopConditions, generate, prefill
 from sc2cli.generation.lookup import PromptLookup
 from sc2cli.model.cache import KVCache
-from sc2cli.model.linear import GEMV_ROWS, Int8Linear, PackedLinear, packing_supported, quantize_int8, replacement
+from sc2cli.model.linear import (GEMV_ROWS, ROWS_PER_ROW_GEMV, Bf16Linear, Int8Linear, bf16_kernel, quantize_int8,
+                                 replacement)
 from sc2cli.model.transformer import Starcoder2ForCausalLM
 
 REAL_CPU = devices.cpu_capability()
 X86_INT8 = any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm"))
 NO_ONEDNN_BF16 = pytest.mark.skipif(
-    not packing_supported(torch.device("cpu"), torch.bfloat16),
-    reason=f"this CPU ({REAL_CPU.isa}) has no oneDNN bf16 kernels (AVX-512 BW/VL/DQ or AVX-NE-CONVERT): "
-           "the packed bf16 path cannot run here, only the F.linear fallback")
+    not REAL_CPU.onednn_bf16 or not torch.backends.mkldnn.is_available(),
+    reason=f"this CPU ({REAL_CPU.isa}) has no oneDNN bf16 kernels (AVX-512 BW/VL/DQ or AVX-NE-CONVERT): the onednn "
+           "branch of Bf16Linear cannot run here (its float32 branch and the choice are tested everywhere)")
 
 
 def force_cpu(monkeypatch, capability: CpuCapability) -> None:
@@ -57,32 +58,57 @@ def pair(windowed):
 
 # ---- linear kernels ----------------------------------------------------------------------------------------------
 
-@NO_ONEDNN_BF16
-@pytest.mark.parametrize("rows", [1, 5, 300])
-def test_packed_linear_computes_what_linear_computes(rows):
+def _bf16_product_case(rows: int):
     gen = torch.Generator().manual_seed(rows)
     weight = torch.randn(96, 64, generator=gen).bfloat16()
     bias = torch.randn(96, generator=gen).bfloat16()
     x = torch.randn(2, rows, 64, generator=gen).bfloat16()
-    expected = F.linear(x, weight, bias)
-    got = PackedLinear(weight, bias)(x)
-    assert got.shape == expected.shape
-    # bf16 outputs: the same fp32 sums may round to neighbouring bf16 values, never further apart.
-    assert (got.float() - expected.float()).abs().max().item() <= 2 ** -7 * expected.abs().max().item()
+    exact = F.linear(x.double(), weight.double(), bias.double())  # the sums without rounding
+    return weight, bias, x, exact
 
 
-@pytest.mark.parametrize("capability, packs", [(AVX512_VNNI_CPU, True), (AVX512_CPU, True), (AVX2_CPU, False)],
-                         ids=["avx512-vnni", "avx512", "avx2"])
-def test_packing_is_chosen_only_where_onednn_has_bf16_kernels(capability, packs, monkeypatch):
-    """On AVX2 the oneDNN reorder raises ("bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl
-    and avx512dq"), so it must never be chosen there."""
+def _check_bf16_product(got, exact):
+    assert got.shape == exact.shape and got.dtype == torch.bfloat16
+    # float32 sums rounded once to bf16 (and the bias added in bf16): within two bf16 steps of the largest output.
+    assert (got.double() - exact).abs().max().item() <= 2 ** -7 * exact.abs().max().item()
+
+
+@pytest.mark.parametrize("rows", [1, ROWS_PER_ROW_GEMV, ROWS_PER_ROW_GEMV + 1, 300])
+def test_bf16_linear_float32_branch_computes_the_product(rows):
+    """The branch of CPUs without bf16 arithmetic (AVX2): runs on any CPU, so it is tested on every machine."""
+    weight, bias, x, exact = _bf16_product_case(rows)
+    kernel = Bf16Linear(weight, bias, "float32")
+    _check_bf16_product(kernel(x), exact)
+    assert kernel.weight.data_ptr() == weight.data_ptr()  # the checkpoint's weight, not a copy
+
+
+@NO_ONEDNN_BF16
+@pytest.mark.parametrize("rows", [1, 5, 300])
+def test_bf16_linear_onednn_branch_computes_the_product(rows):
+    weight, bias, x, exact = _bf16_product_case(rows)
+    _check_bf16_product(Bf16Linear(weight, bias, "onednn")(x), exact)
+
+
+@pytest.mark.parametrize("capability, kernel", [(AVX512_VNNI_CPU, "onednn"), (AVX512_CPU, "onednn"),
+                                                (AVX2_CPU, "float32"), (BASELINE_CPU, None)],
+                         ids=["avx512-vnni", "avx512", "avx2", "baseline"])
+def test_the_bf16_kernel_follows_the_cpu(capability, kernel, monkeypatch):
+    """oneDNN's bf16 GEMM raises on AVX2 ("bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and
+    avx512dq"), and torch's own bf16 GEMM is ~30x slower than the float32 one there: AVX2 never multiplies rows
+    in bf16. Below AVX2 the bf16 `mv` has no vector code: plain F.linear."""
     force_cpu(monkeypatch, capability)
     cpu = torch.device("cpu")
-    assert packing_supported(cpu, torch.bfloat16) == (packs and torch.backends.mkldnn.is_available())
-    assert not packing_supported(cpu, torch.float32) and not packing_supported(cpu, torch.float16)
-    if not packs:
-        weight = torch.randn(8, 4).bfloat16()
-        assert replacement(weight, None, "none") is None  # plain F.linear
+    expected = kernel if kernel != "onednn" or torch.backends.mkldnn.is_available() else "float32"
+    assert bf16_kernel(cpu, torch.bfloat16) == expected
+    assert bf16_kernel(cpu, torch.float32) is None and bf16_kernel(cpu, torch.float16) is None
+    weight = torch.randn(8, 4).bfloat16()
+    chosen = replacement(weight, None, "none")
+    assert (chosen is None) if kernel is None else (isinstance(chosen, Bf16Linear) and chosen.wide == expected)
+
+
+def test_onednn_max_isa_below_bf16_turns_the_onednn_branch_off(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert not devices.cpu_capability().onednn_bf16
 
 
 def _bf16_logits(directory, ids, capability, monkeypatch, prepare: bool = True):
@@ -94,28 +120,28 @@ def _bf16_logits(directory, ids, capability, monkeypatch, prepare: bool = True):
         return model, model(ids).logits
 
 
-def test_bfloat16_model_without_onednn_bf16_runs_on_plain_linear(windowed, monkeypatch):
-    """CPUs without AVX-512 (forced here) run bf16 on F.linear: the same numbers as the unprepared model."""
+@pytest.mark.parametrize("capability", [AVX2_CPU, AVX512_CPU, BASELINE_CPU], ids=["avx2", "avx512", "baseline"])
+def test_bfloat16_model_on_each_cpu_kind_stays_within_bf16_rounding(windowed, capability, monkeypatch):
+    """Each CPU kind's kernels (forced here; the onednn branch only where this CPU has it) against the unprepared
+    bf16 model on F.linear, over a prompt (many rows) and one decode row."""
+    if capability.onednn_bf16 and not (REAL_CPU.onednn_bf16 and torch.backends.mkldnn.is_available()):
+        pytest.skip("this CPU has no oneDNN bf16 kernels")
     _, directory = windowed
     ids = torch.tensor([random_prompt(20, seed=5)])
-    model, got = _bf16_logits(directory, ids, AVX2_CPU, monkeypatch)
+    model, got = _bf16_logits(directory, ids, capability, monkeypatch)
+    _, plain = _bf16_logits(directory, ids, capability, monkeypatch, prepare=False)
+    kernels = [m for m in model.modules() if isinstance(m, Bf16Linear)]
+    if capability is BASELINE_CPU:
+        assert not kernels and not getattr(model, "inference_only", False)  # nothing replaced: still saveable
+    else:
+        assert isinstance(model.lm_head, Bf16Linear) and {k.wide for k in kernels} == {
+            "onednn" if capability.onednn_bf16 else "float32"}
     assert got.dtype == torch.bfloat16
-    assert not any(isinstance(m, (PackedLinear, Int8Linear)) for m in model.modules())
-    assert not getattr(model, "inference_only", False)  # nothing was repacked: it can still be saved
-    _, plain = _bf16_logits(directory, ids, AVX2_CPU, monkeypatch, prepare=False)
-    # Only the fused q/k/v matmul differs from the unprepared model: at most bf16 rounding of the same sums (on
-    # the AVX-512 machine this was written on, the two are bitwise equal).
     assert (got.float() - plain.float()).abs().max().item() <= 2 ** -6 * plain.float().abs().max().item()
-
-
-@NO_ONEDNN_BF16
-def test_bfloat16_model_with_onednn_bf16_runs_packed(windowed, monkeypatch):
-    _, directory = windowed
-    ids = torch.tensor([random_prompt(20, seed=5)])
-    model, packed = _bf16_logits(directory, ids, REAL_CPU, monkeypatch)
-    assert isinstance(model.lm_head, PackedLinear) and isinstance(model.model.layers[0].mlp.c_fc, PackedLinear)
-    _, plain = _bf16_logits(directory, ids, AVX2_CPU, monkeypatch)  # the fallback, F.linear
-    assert (packed.float() - plain.float()).abs().max().item() <= 2 ** -6 * plain.float().abs().max().item()
+    with torch.no_grad():  # one row: the mv branch
+        one = model(ids[:, :1]).logits
+        plain_one = Starcoder2ForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)(ids[:, :1]).logits
+    assert (one.float() - plain_one.float()).abs().max().item() <= 2 ** -6 * plain_one.float().abs().max().item()
 
 
 def test_int8_weights_round_trip_within_half_a_step():
@@ -229,6 +255,7 @@ def test_int8_on_fbgemm_avx2_kernels_is_as_accurate_as_the_bound(tmp_path):
 
 def test_cpu_capability_reads_the_cpu_features(monkeypatch):
     monkeypatch.delenv("FBGEMM_ENABLE_INSTRUCTIONS", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     features = torch.cpu.get_capabilities()
     real = devices.cpu_capability()
     assert real.isa == torch.backends.cpu.get_cpu_capability()
@@ -241,8 +268,9 @@ def test_cpu_capability_reads_the_cpu_features(monkeypatch):
 
 
 @pytest.mark.parametrize("capability, dtype", [(AVX512_VNNI_CPU, torch.bfloat16), (AVX512_CPU, torch.bfloat16),
-                                               (AVX2_CPU, torch.float32)], ids=["avx512-vnni", "avx512", "avx2"])
-def test_auto_dtype_on_cpu_is_bfloat16_only_where_it_is_fast(capability, dtype, monkeypatch):
+                                               (AVX2_CPU, torch.bfloat16), (BASELINE_CPU, torch.float32)],
+                         ids=["avx512-vnni", "avx512", "avx2", "baseline"])
+def test_auto_dtype_on_cpu_keeps_weights_16_bit_where_the_cpu_streams_them(capability, dtype, monkeypatch):
     force_cpu(monkeypatch, capability)
     assert devices.resolve_dtype("auto", torch.device("cpu")) == dtype
     assert devices.resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16  # explicit: runs everywhere

@@ -1,22 +1,22 @@
 """Inference-only replacements for `nn.Linear`, chosen at load time by `prepare_for_inference`.
 
-Decode multiplies every weight matrix by one vector per token, so its speed is how fast the weights stream
-from memory. A plain bf16 `F.linear` streams them at well under half the machine's bandwidth on CPU; two
-replacements do better (measured on the ~180M shape, 2 threads: prepacked 1.7x, int8 2.4x the weights per
-second of `F.linear`):
+Decode multiplies every weight matrix by one vector per token, so its speed is how fast the weights stream from
+memory. Two replacements:
 
-- `PackedLinear` (CPU, bfloat16, where oneDNN has bf16 kernels: AVX-512 or AVX-NE-CONVERT, see
-  `devices.cpu_capability`): the weight reordered once into oneDNN's blocked layout, so each product reads it in
-  the order the kernel wants. Same arithmetic as `F.linear` (the outputs compare equal); any number of rows.
-  Other CPUs run bf16 on plain `F.linear` (slower, same numbers).
+- `Bf16Linear` (CPU, bfloat16, any x86 CPU with AVX2 or better: `devices.cpu_capability`): the checkpoint's own
+  bf16 weights, used where they lie (no copy, no repacking). One row goes through torch's matrix-vector product
+  (bf16 weights, float32 sums, AVX2 or AVX-512 code); more rows through oneDNN's bf16 GEMM where the CPU has bf16
+  arithmetic, else through the float32 GEMM on a float32 copy made for the call. (It replaced a prepacked oneDNN
+  weight: measured on the ~180M shape's matrices on an AVX-512 BF16 / AMX Xeon, 2 threads, the bf16 `mv` streamed
+  10.7-21 GB/s against the prepacked kernel's 8-10 at one row, `F.linear` matched it at 4 and 512 rows, and the
+  repacking doubled the load time and the memory while it ran.)
 - `Int8Linear` (`--quantize int8`, any device): symmetric per-output-channel int8 weights (scale = max|w| / 127)
   with the scales in the activation dtype. Up to `GEMV_ROWS` rows (decode) go through the fused int8 kernel,
   which reads one byte per weight; longer inputs (prefill, compute-bound) dequantize the matrix and use the
   regular GEMM, which is faster there than the int8 kernel.
 
-Both drop the original weight, so a prepared model is for inference only (the checkpoint keys are gone).
+A prepared model is for inference only (the fused q/k/v and the int8 weights no longer carry checkpoint names).
 """
-
 from __future__ import annotations
 
 import torch
@@ -29,22 +29,54 @@ QUANTIZE_CHOICES = ("none", "int8")
 GEMV_ROWS = 16
 
 
-def packing_supported(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether `PackedLinear` runs here: bf16 on a CPU whose oneDNN has bf16 kernels (elsewhere the reorder
-    raises "bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq")."""
-    return (device.type == "cpu" and dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and devices.cpu_capability().onednn_bf16)
+def bf16_kernel(device: torch.device, dtype: torch.dtype) -> str | None:
+    """How `Bf16Linear` multiplies more than one row here ("onednn" or "float32"), or None where it does not apply
+    (another device or dtype, or a CPU below AVX2, whose bf16 `mv` has no vector code)."""
+    if device.type != "cpu" or dtype != torch.bfloat16:
+        return None
+    capability = devices.cpu_capability()
+    if not capability.isa.startswith(("AVX2", "AVX512")):
+        return None
+    return "onednn" if capability.onednn_bf16 and torch.backends.mkldnn.is_available() else "float32"
 
 
-class PackedLinear(nn.Module):
-    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+# Up to this many rows, a bf16 product on a CPU without oneDNN's bf16 kernels streams the weight once per row
+# (`torch.mv`); beyond, one float32 copy of the weight for the call and the float32 GEMM are cheaper.
+ROWS_PER_ROW_GEMV = 4
+
+
+class Bf16Linear(nn.Module):
+    """CPU, bfloat16 weights kept as the checkpoint stores them (no copy, no repacking: loading is reading).
+
+    Decode at batch 1 multiplies the weight by one vector: that goes through torch's matrix-vector product,
+    which reads bf16 weights and sums in float32 with AVX2 or AVX-512 code alike, at 1.5-2x the bytes per second
+    of oneDNN's prepacked GEMM for one row (measured on the ~180M shape). More rows (batch decode, prefill):
+    `wide` says how, chosen by the CPU (`devices.cpu_capability`):
+    - "onednn": `F.linear`, oneDNN's bf16 GEMM (AVX-512 BF16, AMX, AVX-NE-CONVERT);
+    - "float32": CPUs without bf16 arithmetic (AVX2): a few rows one `mv` each, more through the float32 GEMM on
+      a float32 copy of the weight made for that call (never kept: the weight stays 16-bit in memory)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, wide: str) -> None:
         super().__init__()
+        if wide not in ("onednn", "float32"):
+            raise ValueError(f"wide must be onednn or float32, not {wide!r}")
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
-        self.bias = bias.detach().clone() if bias is not None else None
+        self.weight = weight.detach()
+        self.bias = bias.detach() if bias is not None else None
+        self.wide = wide
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        rows = x.reshape(-1, self.in_features)
+        if rows.shape[0] == 1 or (self.wide == "float32" and rows.shape[0] <= ROWS_PER_ROW_GEMV):
+            out = torch.stack([torch.mv(self.weight, row) for row in rows])
+            if self.bias is not None:
+                out = out + self.bias
+        elif self.wide == "onednn":
+            out = F.linear(rows, self.weight, self.bias)
+        else:
+            bias = self.bias.float() if self.bias is not None else None
+            out = F.linear(rows.float(), self.weight.float(), bias).to(x.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
 
 
 def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -131,6 +163,5 @@ def replacement(weight: Tensor, bias: Tensor | None, quantize: str) -> nn.Module
     """The faster module for this weight and bias, or None where plain `F.linear` is the best there is."""
     if quantize == "int8":
         return Int8Linear(weight, bias, weight.dtype)
-    if packing_supported(weight.device, weight.dtype):
-        return PackedLinear(weight, bias)
-    return None
+    wide = bf16_kernel(weight.device, weight.dtype)
+    return Bf16Linear(weight, bias, wide) if wide else None

@@ -120,7 +120,12 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, config: Starcoder2Config, device=None) -> None:
         super().__init__()
         self.config = config
-        inv_freq, self.attention_scaling = initial_inv_freq(config, device)
+        if torch.empty(0, device=device).device.type == "meta":
+            # Built for loading: `reset_parameters` computes the tables once the model has a device. (Computing
+            # them on meta would run torch's Python meta kernels, whose first use imports torch._dynamo: ~2 s.)
+            inv_freq, self.attention_scaling = torch.empty(config.head_size // 2, device=device), 1.0
+        else:
+            inv_freq, self.attention_scaling = initial_inv_freq(config, device)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
         self.original_max_seq_len = config.max_position_embeddings

@@ -213,7 +213,7 @@ class Starcoder2PreTrainedModel(nn.Module):
         """Eval mode and fused q/k/v projections (the weights keep their checkpoint names for saving); then, where
         a faster kernel exists for the device and dtype or `quantize` asks for int8, the decoder's and the
         lm_head's linear layers are replaced by it (see `linear.py`) and the model becomes inference-only."""
-        from .linear import QUANTIZE_CHOICES, packing_supported
+        from .linear import QUANTIZE_CHOICES, bf16_kernel
 
         if quantize not in QUANTIZE_CHOICES:
             raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, not {quantize!r}")
@@ -221,7 +221,7 @@ class Starcoder2PreTrainedModel(nn.Module):
         for module in self.modules():
             if isinstance(module, Starcoder2Attention):
                 module.fuse_qkv()
-        if quantize != "none" or packing_supported(self.device, self.dtype):
+        if quantize != "none" or bf16_kernel(self.device, self.dtype):
             self._swap_linear_kernels(quantize)
         return self
 
@@ -243,7 +243,9 @@ class Starcoder2PreTrainedModel(nn.Module):
                     kernel = replacement(linear.weight, linear.bias, quantize)
                     if kernel is not None:
                         setattr(module, name, kernel)
-                        if linear.weight is not embedding:
+                        kept = getattr(kernel, "weight", None)  # Bf16Linear reads the checkpoint's own weight
+                        if linear.weight is not embedding and not (
+                                kept is not None and kept.data_ptr() == linear.weight.data_ptr()):
                             release_checkpoint_pages([linear.weight, linear.bias])  # (a tied one is still read)
 
     @classmethod

@@ -7,10 +7,12 @@ files are never opened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -176,11 +178,34 @@ def load_pretrained(cls, path, dtype: torch.dtype | None = None, device=None, co
     _refuse_a_classifier_as_a_language_model(cls, config, path)
     dtype = dtype or torch.float32
     device = torch.device(device or "cpu")
-    with torch.device("meta"):
+    with torch.device("meta"), _no_random_init():
         model = cls(config)
     load_state(model, directory, dtype, device)
     _materialize_buffers(model, device)
     return model.eval()
+
+
+# nn.init's fills, called by the layers' constructors (Linear, Embedding, LayerNorm).
+_INIT_FILLS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
+               "trunc_normal_", "zeros_", "ones_", "constant_")
+
+
+@contextlib.contextmanager
+def _no_random_init() -> Iterator[None]:
+    """The layers' own initialisation skipped while a model is built on the meta device for loading: every
+    parameter is then replaced by the checkpoint's. On meta it computes nothing, but the first fill runs torch's
+    Python meta kernels, whose first use imports torch._dynamo: about 2 s of every cold start."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FILLS}
+    zero_padding = nn.Embedding._fill_padding_idx_with_zero
+    try:
+        for name in _INIT_FILLS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        nn.Embedding._fill_padding_idx_with_zero = lambda self: None
+        yield
+    finally:
+        for name, fill in saved.items():
+            setattr(nn.init, name, fill)
+        nn.Embedding._fill_padding_idx_with_zero = zero_padding
 
 
 def _refuse_a_classifier_as_a_language_model(cls, config: Starcoder2Config, path) -> None:
