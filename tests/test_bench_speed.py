@@ -12,12 +12,14 @@ import sys
 import pytest
 from cli_helpers import assert_one_line_error, isolated_env, run_sc2
 
+from sc2cli import devices
 from sc2cli.bench import checkpoints, roofline, speed, tables, workers
 from sc2cli.model.config import Starcoder2Config
 
 FAST = ["--shape", "tiny", "--repeats", "1", "--prompt-tokens", "16", "--new-tokens", "4", "--threads", "1",
         "--bandwidth-gib", "0.01"]
 METRIC_KEYS = [key for key, *_ in tables.METRICS]
+ABOVE_AVX2 = devices.cpu_capability().isa.startswith("AVX512")
 
 
 @pytest.fixture(scope="module")
@@ -151,10 +153,11 @@ def test_json_schema(json_run):
     doc, stderr = json_run
     assert set(doc) >= {"machine", "settings", "model", "bandwidth", "roofline", "engines", "metrics"}
     assert doc["machine"]["threads"] == 1 and doc["machine"]["cpu"] and doc["machine"]["torch"]
+    variants = {"sc2": {"quantize": "none", "decode": "auto"}, "sc2-int8": {"quantize": "int8", "decode": "auto"}}
+    if ABOVE_AVX2:  # what an AVX2 machine runs is measured too
+        variants["sc2-avx2"] = {"quantize": "none", "decode": "auto", "cpu": "avx2"}
     assert doc["settings"] == {"dtype": "bfloat16", "repeats": 1, "prompt_tokens": 16, "new_tokens": 4, "seed": 0,
-                               "peers": ["transformers"], "bandwidth_gib": 0.01,
-                               "variants": {"sc2": {"quantize": "none", "decode": "auto"},
-                                            "sc2-int8": {"quantize": "int8", "decode": "auto"}}}
+                               "peers": ["transformers"], "bandwidth_gib": 0.01, "variants": variants}
     model = doc["model"]
     assert model["parameters"] == roofline.parameter_count(checkpoints.shape_config("tiny"))
     assert model["weight_bytes"] == 2 * model["parameters"]
@@ -163,12 +166,14 @@ def test_json_schema(json_run):
     assert len(doc["bandwidth"]["samples"]) == 1 and doc["bandwidth"]["gbps"] > 0
     assert doc["roofline"]["batch4_tok_s"] == pytest.approx(4 * doc["roofline"]["batch1_tok_s"])
     assert [m["key"] for m in doc["metrics"]] == METRIC_KEYS
-    assert set(doc["engines"]) == {"sc2", "sc2-int8", "transformers"}  # int8 is measured by default
+    capped = {"sc2-avx2", "transformers-avx2"} if ABOVE_AVX2 else set()
+    assert set(doc["engines"]) == {"sc2", "sc2-int8", "transformers"} | capped  # int8 is measured by default
     for name, engine in doc["engines"].items():
         assert engine["available"] and not engine["errors"], (name, engine["errors"])
         (sample,) = engine["samples"]
         assert set(workers.WORKER_KEYS) <= set(sample) and sample["engine"] == name
-        read = model["bytes_per_token"] // (2 if name == "sc2-int8" else 1)  # int8: one byte per weight
+        # int8: one byte per weight; transformers on AVX2 runs in float32: four
+        read = model["bytes_per_token"] * {"sc2-int8": 1, "transformers-avx2": 4}.get(name, 2) // 2
         assert sample["roofline_b1"] == pytest.approx(
             sample["decode_b1_tok_s"] / roofline.roofline_tok_s(sample["bandwidth_gbps"], read))
         assert sample["rss_ratio"] == pytest.approx(sample["rss_peak_bytes"] / model["weight_bytes"])
@@ -297,7 +302,7 @@ def test_a_request_is_resolved_before_anything_is_written(tmp_path, monkeypatch)
     assert (bench_plan.threads, bench_plan.prompt_tokens, bench_plan.device, bench_plan.peers) == (1, 16, "cpu", [])
     again = speed.make_plan(speed.prepare(speed.SpeedRequest(model=str(bench_plan.checkpoint), peers="none")))
     assert again.checkpoint == bench_plan.checkpoint and again.label == str(bench_plan.checkpoint)
-    assert again.written is None and again.variants == ["sc2-int8"]
+    assert again.written is None and again.variants == ["sc2-int8"] + (["sc2-avx2"] if ABOVE_AVX2 else [])
     with pytest.raises(InputError, match="unknown shape '7B'"):
         plan.prepare(plan.SpeedRequest(shape="7B"))
     monkeypatch.setattr("sc2cli.hub.shipped_model_dir", lambda: tmp_path / "no-shipped-model")
@@ -383,9 +388,42 @@ def test_llama_cpp_columns_on_the_shipped_model(tmp_path):
                       "--json"], tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache"))
     assert result.returncode == 0, result.stderr.decode()
     doc = json.loads(result.stdout)
-    assert set(doc["engines"]) == {"sc2", "sc2-int8", "llama.cpp", "llama.cpp-q8_0"}
+    assert set(doc["engines"]) - {"sc2-avx2"} == {"sc2", "sc2-int8", "llama.cpp", "llama.cpp-q8_0"}
     for name in ("llama.cpp", "llama.cpp-q8_0"):
         (sample,) = doc["engines"][name]["samples"]
         assert sample["decode_b1_tok_s"] > 0 and sample["prefill_tok_s"] > 0 and "AVX" in sample["build"]
     gguf = doc["model"]["gguf"]
     assert gguf["llama.cpp"].endswith("shipped/model-bf16.gguf") and gguf["llama.cpp-q8_0"].endswith("model-q8_0.gguf")
+
+
+def test_the_avx2_columns_run_what_an_avx2_cpu_runs(json_run):
+    """On a CPU above AVX2 the capped workers must really run AVX2 code: torch's dispatch level and the float32
+    branch of the bf16 kernel (what an AVX2 CPU picks), and transformers in float32."""
+    doc, _ = json_run
+    if not ABOVE_AVX2:
+        assert "sc2-avx2" not in doc["engines"]  # this CPU is the AVX2 case itself
+        assert "on AVX2" in doc["engines"]["sc2"]["samples"][0]["kernels"]
+        return
+    (capped,) = doc["engines"]["sc2-avx2"]["samples"]
+    (native,) = doc["engines"]["sc2"]["samples"]
+    assert capped["kernels"] == "Bf16Linear(float32) on AVX2" and capped["dtype"] == "bfloat16"
+    assert native["kernels"].startswith("Bf16Linear(onednn) on AVX512")
+    assert doc["engines"]["transformers-avx2"]["samples"][0]["dtype"] == "float32"
+    for sample in (capped, native):
+        assert sample["cold_start_s"] == pytest.approx(sample["import_s"] + sample["load_s"] + sample["ttft_cold_s"])
+        assert 0 <= sample["rss_added_ratio"] < sample["rss_ratio"]  # (the tiny model may not raise the peak)
+
+
+def test_variants_add_the_avx2_column_only_above_avx2():
+    from sc2cli.bench import plan
+
+    assert plan.parse_variants(None, "cpu", above_avx2=True) == ["sc2-int8", "sc2-avx2"]
+    assert plan.parse_variants(None, "cuda", above_avx2=True) == ["sc2-int8", "sc2-eager"]
+    assert plan.parse_variants(None, "cpu", above_avx2=False) == ["sc2-int8"]
+    bench_plan = plan.BenchPlan(checkpoint=None, label="x", peers=["transformers"], variants=["sc2-avx2"])
+    assert speed.peer_engines(bench_plan) == ["transformers", "transformers-avx2"]
+    env = speed._worker_env(2, "sc2-avx2")
+    assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    import os
+
+    assert speed._worker_env(2, "sc2").get("ATEN_CPU_CAPABILITY") == os.environ.get("ATEN_CPU_CAPABILITY")

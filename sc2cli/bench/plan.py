@@ -88,16 +88,24 @@ def parse_peers(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def parse_variants(text: str | None, device: str) -> list[str]:
-    """Comma-separated sc2 variants; None: sc2-int8, and sc2-eager on CUDA (where the default decode differs)."""
+def parse_variants(text: str | None, device: str, above_avx2: bool = False) -> list[str]:
+    """Comma-separated sc2 variants; None: sc2-int8, sc2-eager on CUDA (where the default decode differs), and
+    sc2-avx2 on a CPU above AVX2 (`above_avx2`: what an AVX2 machine would run, measured here)."""
     if text is None:
-        names = ["sc2-int8"] + (["sc2-eager"] if device.strip().lower().startswith("cuda") else [])
+        cuda = device.strip().lower().startswith("cuda")
+        names = ["sc2-int8"] + (["sc2-eager"] if cuda else []) + (["sc2-avx2"] if above_avx2 and not cuda else [])
     else:
         names = [] if text.strip().lower() in ("", "none") else [v.strip().lower() for v in text.split(",")]
     bad = [v for v in names if v not in SC2_VARIANTS]
     if bad:
         raise InputError(f"unknown variant {bad[0]!r}; use {', '.join(v for v in SC2_VARIANTS if v != 'sc2')}")
     return names
+
+
+def _above_avx2() -> bool:
+    from ..devices import cpu_capability
+
+    return cpu_capability().isa.startswith("AVX512")
 
 
 def parse_dtype(text: str) -> str:
@@ -111,7 +119,7 @@ def prepare(request: SpeedRequest) -> Prepared:
     """The request resolved and its checkpoint's config read; nothing is written."""
     dtype = parse_dtype(request.dtype)
     peers = parse_peers(request.peers)
-    variants = parse_variants(request.variants, request.device)
+    variants = parse_variants(request.variants, request.device, above_avx2=_above_avx2())
     from .. import hub
     from ..checkpoint import load_config
     from ..devices import resolve_device

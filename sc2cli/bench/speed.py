@@ -49,7 +49,7 @@ from .machine import cpu_model, gpu_name
 from .plan import BenchPlan, SpeedRequest, make_plan, prepare
 from .roofline import parameter_count, roofline_tok_s, weight_bytes_per_token
 from .tables import METRICS, format_value, render_table
-from .workers import LLAMA_CPP_ENGINES, PEERS, SC2_VARIANTS
+from .workers import AVX2_ENV, CAPPED_AT_AVX2, LLAMA_CPP_ENGINES, PEERS, SC2_VARIANTS
 
 # What `sc2 bench speed` (sc2cli/cli/bench.py) uses, besides what is defined here.
 __all__ = ["DTYPE_NAMES", "PEERS", "SC2_VARIANTS", "SHAPES", "BenchPlan", "SpeedRequest", "WorkerFailed",
@@ -62,8 +62,10 @@ class WorkerFailed(RuntimeError):
     """A measuring subprocess exited with an error or printed no JSON line."""
 
 
-def _worker_env(threads: int) -> dict[str, str]:
+def _worker_env(threads: int, engine: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    if engine in CAPPED_AT_AVX2:
+        env.update(AVX2_ENV)
     root = str(Path(__file__).resolve().parents[2])  # the folder that holds the sc2cli package
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -74,9 +76,9 @@ def _worker_env(threads: int) -> dict[str, str]:
     return env
 
 
-def _subprocess_json(argv: list[str], threads: int) -> dict:
+def _subprocess_json(argv: list[str], threads: int, engine: str | None = None) -> dict:
     command = [sys.executable, "-m", WORKER_MODULE, *argv]
-    proc = subprocess.run(command, capture_output=True, text=True, env=_worker_env(threads))
+    proc = subprocess.run(command, capture_output=True, text=True, env=_worker_env(threads, engine))
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode != 0 or not lines:
         tail = " ".join((proc.stderr.strip().splitlines() or ["(no output)"])[-1:])
@@ -84,8 +86,14 @@ def _subprocess_json(argv: list[str], threads: int) -> dict:
     return json.loads(lines[-1])
 
 
+def engine_dtype(engine: str, dtype: str) -> str:
+    """The dtype an engine runs in: the benchmark's, but float32 for transformers on AVX2 (its best there)."""
+    return "float32" if engine == "transformers-avx2" else dtype
+
+
 def worker_argv(plan: BenchPlan, engine: str, gguf: Path | None = None) -> list[str]:
-    argv = ["worker", "--engine", engine, "--checkpoint", str(plan.checkpoint), "--dtype", plan.dtype,
+    argv = ["worker", "--engine", engine, "--checkpoint", str(plan.checkpoint),
+            "--dtype", engine_dtype(engine, plan.dtype),
             "--threads", str(plan.threads), "--prompt-tokens", str(plan.prompt_tokens),
             "--new-tokens", str(plan.new_tokens), "--seed", str(plan.seed), "--device", plan.device]
     if gguf is not None:
@@ -101,6 +109,8 @@ def peer_engines(plan: BenchPlan) -> list[str]:
             names += [e for e in LLAMA_CPP_ENGINES if e == "llama.cpp" or "sc2-int8" in plan.variants]
         else:
             names.append(peer)
+            if peer == "transformers" and "sc2-avx2" in plan.variants:
+                names.append("transformers-avx2")
     return names
 
 
@@ -112,7 +122,7 @@ def peer_status(peer: str, plan: BenchPlan, ggufs: dict[str, Path],
                 progress: Callable[[str], None] = lambda message: None) -> str | None:
     """None when the peer can run here (a llama.cpp peer's GGUF is then in `ggufs`, exported first if needed),
     else why not (shown in the table)."""
-    if peer == "transformers":
+    if peer.startswith("transformers"):
         return None if importlib.util.find_spec("transformers") else "not installed"
     if peer in LLAMA_CPP_ENGINES:
         if importlib.util.find_spec("llama_cpp") is None:
@@ -159,20 +169,25 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
             if not entry["available"]:
                 continue
             try:
-                sample = _subprocess_json(worker_argv(plan, engine, ggufs.get(engine)), plan.threads)
+                sample = _subprocess_json(worker_argv(plan, engine, ggufs.get(engine)), plan.threads, engine)
             except WorkerFailed as err:
                 entry["errors"].append(str(err))
                 progress(f"{tag}: {engine} failed: {err}")
                 continue
             sample["round"] = round_index
             sample["bandwidth_gbps"] = bw["gbps"]
-            # int8 and Q8_0 weights read about one byte per parameter (plus scales) instead of `itemsize`.
-            engine_bytes = per_token // itemsize if engine in ("sc2-int8", "llama.cpp-q8_0") else per_token
+            # int8 and Q8_0 weights read about one byte per parameter (plus scales); float32 four.
+            engine_bytes = (per_token // itemsize if engine in ("sc2-int8", "llama.cpp-q8_0") else
+                            per_token // itemsize * 4 if engine_dtype(engine, plan.dtype) == "float32" else per_token)
             for batch in (1, 4):
                 rate = sample.get(f"decode_b{batch}_tok_s")
                 sample[f"roofline_b{batch}"] = (rate / roofline_tok_s(bw["gbps"], engine_bytes, batch)
                                                 if rate else None)
             sample["rss_ratio"] = sample["rss_peak_bytes"] / weight_bytes if sample.get("rss_peak_bytes") else None
+            if sample.get("rss_peak_bytes") and sample.get("rss_start_bytes"):  # what the model added to the process
+                sample["rss_added_ratio"] = (sample["rss_peak_bytes"] - sample["rss_start_bytes"]) / weight_bytes
+            parts = [sample.get(k) for k in ("import_s", "load_s", "ttft_cold_s")]
+            sample["cold_start_s"] = sum(parts) if None not in parts else None
             entry["samples"].append(sample)
             progress(f"{tag}: {engine}: prefill {format_value(sample.get('prefill_tok_s'), 'rate')} tok/s, decode "
                      f"{format_value(sample.get('decode_b1_tok_s'), 'rate')} tok/s (batch 1), "

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from .workers import SC2_VARIANTS
 
-COUNTERPART = {"llama.cpp-q8_0": "sc2-int8"}  # the sc2 engine a peer is compared with, where it is not sc2
+# The sc2 engine a peer is compared with, where it is not sc2.
+COUNTERPART = {"llama.cpp-q8_0": "sc2-int8", "transformers-avx2": "sc2-avx2"}
 
 # (key, label, kind, better): kind picks the number format; better says which way is good (for the reader).
 METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("load_s", "load time (s)", "seconds", "lower"),
     ("ttft_cold_s", "time to first token, first call (s)", "seconds", "lower"),
+    ("cold_start_s", "cold start: import + load + first token (s)", "seconds", "lower"),
     ("ttft_s", "time to first token (s)", "seconds", "lower"),
     ("prefill_tok_s", "prefill (tok/s)", "rate", "higher"),
     ("decode_b1_tok_s", "decode, batch 1 (tok/s)", "rate", "higher"),
@@ -24,6 +26,7 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("rss_load_bytes", "peak RSS after load (MB)", "megabytes", "lower"),
     ("rss_peak_bytes", "peak RSS at end (MB)", "megabytes", "lower"),
     ("rss_ratio", "peak RSS / weight bytes", "ratio", "lower"),
+    ("rss_added_ratio", "peak RSS above the imports / weight bytes", "ratio", "lower"),
 )
 
 
@@ -76,7 +79,8 @@ def render_table(doc: dict) -> str:
         f"{model['bytes_per_token'] / 1e6:,.1f} MB -> roofline {doc['roofline']['batch1_tok_s']:,.0f} tok/s at "
         f"batch 1, {doc['roofline']['batch4_tok_s']:,.0f} at batch 4",
         "cells: median (min–max); ratio = sc2 median / peer median (tok/s: higher is better; s, MB: lower); "
-        "sc2 = prepacked bf16 weights on CPU, CUDA-graph decode on CUDA; sc2-int8 = --quantize int8; "
+        "sc2 = the checkpoint's bf16 weights on CPU, CUDA-graph decode on CUDA; sc2-int8 = --quantize int8; "
+        "sc2-avx2 / transformers-avx2 = every library capped at AVX2 (transformers in float32, its best there); "
         "sc2-eager = no CUDA graph; sc2-compile = torch.compile + CUDA graph; llama.cpp = a GGUF of the same weights "
         "at the same precision, llama.cpp-q8_0 = Q8_0 (set against sc2-int8)",
         *[f"llama.cpp built with: {_features(build)}" for build in sorted(builds)],

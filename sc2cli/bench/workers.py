@@ -25,14 +25,20 @@ SC2_VARIANTS = {
     "sc2-int8": {"quantize": "int8", "decode": "auto"},
     "sc2-eager": {"quantize": "none", "decode": "eager"},
     "sc2-compile": {"quantize": "none", "decode": "compile"},
+    "sc2-avx2": {"quantize": "none", "decode": "auto", "cpu": "avx2"},
 }
 PEERS = ("transformers", "llama.cpp")
+# What an AVX2 CPU would run, on a CPU above it: every library the engines use capped at AVX2 by its own switch
+# (torch's kernels, oneDNN, MKL, fbgemm). transformers runs there at float32, its best dtype without bf16 arithmetic.
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+            "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}
+CAPPED_AT_AVX2 = ("sc2-avx2", "transformers-avx2")
 # The llama.cpp peers: the GGUF at the benchmark's precision, and Q8_0 (set against sc2-int8) when that variant runs.
 LLAMA_CPP_ENGINES = ("llama.cpp", "llama.cpp-q8_0")
-ENGINES = (*SC2_VARIANTS, "transformers", *LLAMA_CPP_ENGINES)
+ENGINES = (*SC2_VARIANTS, "transformers", "transformers-avx2", *LLAMA_CPP_ENGINES)
 WORKER_KEYS = ("engine", "version", "device", "dtype", "threads", "prompt_tokens", "new_tokens", "import_s",
                "load_s", "ttft_cold_s", "ttft_s", "prefill_s", "prefill_tok_s", "decode_b1_s", "decode_b1_tok_s",
-               "decode_b4_s", "decode_b4_tok_s", "rss_start_bytes", "rss_load_bytes", "rss_peak_bytes", "build", "notes")
+               "decode_b4_s", "decode_b4_tok_s", "rss_start_bytes", "rss_load_bytes", "rss_peak_bytes", "build", "kernels", "notes")
 
 
 @dataclass
@@ -81,6 +87,7 @@ def measure_sc2(a: WorkerArgs, result: dict) -> None:
     variant = SC2_VARIANTS[a.engine]
     model = Starcoder2ForCausalLM.from_pretrained(a.checkpoint, dtype=torch_dtype(a.dtype), device=a.device)
     model.prepare_for_inference(variant["quantize"])
+    result["kernels"] = _kernels(model)
     synchronize(a.device)
     result["load_s"] = time.perf_counter() - t
     result["rss_load_bytes"] = peak_rss_bytes()
@@ -123,6 +130,15 @@ def measure_sc2(a: WorkerArgs, result: dict) -> None:
     result["decode_b1_s"], result["decode_b1_tok_s"] = _decode_rate(times, 1)
     _, times = run(prompts[2:6], no_eos)
     result["decode_b4_s"], result["decode_b4_tok_s"] = _decode_rate(times, 4)
+
+
+def _kernels(model) -> str:
+    """Which linear kernels the model runs, and the CPU dispatch level torch uses (what a capped run must show)."""
+    import torch
+
+    names = sorted({getattr(m, "wide", None) and f"{type(m).__name__}({m.wide})" or type(m).__name__
+                    for m in model.modules() if type(m).__name__ in ("Bf16Linear", "Int8Linear", "Linear")})
+    return f"{', '.join(names)} on {torch.backends.cpu.get_cpu_capability()}"
 
 
 def measure_transformers(a: WorkerArgs, result: dict) -> None:
@@ -247,7 +263,7 @@ def run_worker(a: WorkerArgs, started: float | None = None) -> dict:
                   prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens, notes=[])
     result["_started"] = started if started is not None else time.perf_counter()
     measure = (measure_sc2 if a.engine in SC2_VARIANTS else
-               measure_transformers if a.engine == "transformers" else measure_llama_cpp)
+               measure_transformers if a.engine.startswith("transformers") else measure_llama_cpp)
     measure(a, result)
     result["rss_peak_bytes"] = peak_rss_bytes()
     return result
