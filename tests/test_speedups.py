@@ -396,3 +396,24 @@ def test_prompt_lookup_checks_drafts_and_gives_exactly_the_greedy_tokens(pair, m
     assert with_lookup.tokens == plain.tokens == reference_greedy(ref, prompts, new)[0]
     assert abs(with_lookup.logprob - plain.logprob) <= 1e-3
     assert draft_passes > 0, "the repeated prompt should have produced drafts"
+
+
+@pytest.mark.parametrize("wide", ["float32", "onednn"])
+def test_a_prompt_row_has_the_same_numbers_alone_or_with_the_whole_prompt(wide):
+    """A server that reuses a cached prefix evaluates the rest of a prompt alone, often one token: its numbers
+    (and so the greedy tokens) must be those of the whole prompt's evaluation. Only decode steps use `mv`."""
+    from sc2cli.model.linear import FLOAT32_BLOCK, decode_step
+
+    if wide == "onednn" and not (REAL_CPU.onednn_bf16 and torch.backends.mkldnn.is_available()):
+        pytest.skip("this CPU has no oneDNN bf16 kernels")
+    gen = torch.Generator().manual_seed(3)
+    kernel = Bf16Linear(torch.randn(256, 128, generator=gen).bfloat16(), torch.randn(256, generator=gen).bfloat16(),
+                        wide)
+    prompt = torch.randn(2 * FLOAT32_BLOCK + 5, 128, generator=gen).bfloat16()
+    whole = kernel(prompt)
+    for start, stop in ((0, 1), (7, 8), (FLOAT32_BLOCK - 1, FLOAT32_BLOCK + 3), (10, 2 * FLOAT32_BLOCK + 5)):
+        assert torch.equal(kernel(prompt[start:stop]), whole[start:stop]), (start, stop)
+    with decode_step():  # the decode branch: one mv per row, batch-independent for a few rows
+        one = kernel(prompt[:1])
+        assert torch.equal(kernel(prompt[:1]), one)
+    _check_bf16_product(one[None], F.linear(prompt[:1].double(), kernel.weight.double(), kernel.bias.double())[None])

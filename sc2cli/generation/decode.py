@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..model.cache import KVCache
+from ..model.linear import decode_step
 
 DECODE_MODES = ("auto", "eager", "static", "cuda-graph", "compile")
 # Rope variants whose frequencies never depend on the positions seen (dynamic and longrope rescale on the host).
@@ -26,7 +27,8 @@ class EagerStep:
 
     def __call__(self, tokens: Tensor, positions: Tensor) -> Tensor:
         """tokens, positions: (B,) -> next-token logits (B, V)."""
-        return self.model(tokens[:, None], position_ids=positions[:, None], cache=self.cache).logits[:, -1]
+        with decode_step():
+            return self.model(tokens[:, None], position_ids=positions[:, None], cache=self.cache).logits[:, -1]
 
 
 class StaticStep:
@@ -80,7 +82,8 @@ class StaticStep:
             self.graph.replay()
             logits = self.logits
         else:
-            logits = self._forward()
+            with decode_step():  # (outside any compiled or captured code: a flag for the CPU's bf16 kernels)
+                logits = self._forward()
         cache.seen += 1
         return logits
 

@@ -19,6 +19,10 @@ A prepared model is for inference only (the fused q/k/v and the int8 weights no 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,21 +44,41 @@ def bf16_kernel(device: torch.device, dtype: torch.dtype) -> str | None:
     return "onednn" if capability.onednn_bf16 and torch.backends.mkldnn.is_available() else "float32"
 
 
-# Up to this many rows, a bf16 product on a CPU without oneDNN's bf16 kernels streams the weight once per row
-# (`torch.mv`); beyond, one float32 copy of the weight for the call and the float32 GEMM are cheaper.
+# Decode steps at most this many rows wide stream the weight once per row (`torch.mv`) on CPUs without bf16
+# arithmetic; wider ones, and every prompt, go through a GEMM.
 ROWS_PER_ROW_GEMV = 4
+# Rows per float32 GEMM on CPUs without bf16 arithmetic: always this many (the last block padded), so that a row's
+# result never depends on how many rows came with it (see `Bf16Linear`).
+FLOAT32_BLOCK = 64
+_decoding: contextvars.ContextVar[bool] = contextvars.ContextVar("sc2_decode_step", default=False)
+
+
+@contextlib.contextmanager
+def decode_step() -> Iterator[None]:
+    """Marks the products of one decode step (one new token per row): the only place `Bf16Linear` uses `mv`."""
+    token = _decoding.set(True)
+    try:
+        yield
+    finally:
+        _decoding.reset(token)
 
 
 class Bf16Linear(nn.Module):
     """CPU, bfloat16 weights kept as the checkpoint stores them (no copy, no repacking: loading is reading).
 
-    Decode at batch 1 multiplies the weight by one vector: that goes through torch's matrix-vector product,
-    which reads bf16 weights and sums in float32 with AVX2 or AVX-512 code alike, at 1.5-2x the bytes per second
-    of oneDNN's prepacked GEMM for one row (measured on the ~180M shape). More rows (batch decode, prefill):
-    `wide` says how, chosen by the CPU (`devices.cpu_capability`):
+    A decode step at batch 1 multiplies the weight by one vector: that goes through torch's matrix-vector
+    product, which reads bf16 weights and sums in float32 with AVX2 or AVX-512 code alike, at 1.2-2x the bytes
+    per second of oneDNN's GEMM for one row (measured on the ~180M shape). Everything else goes through a GEMM
+    chosen by the CPU (`wide`, from `devices.cpu_capability`):
     - "onednn": `F.linear`, oneDNN's bf16 GEMM (AVX-512 BF16, AMX, AVX-NE-CONVERT);
-    - "float32": CPUs without bf16 arithmetic (AVX2): a few rows one `mv` each, more through the float32 GEMM on
-      a float32 copy of the weight made for that call (never kept: the weight stays 16-bit in memory)."""
+    - "float32" (AVX2: no bf16 arithmetic): the float32 GEMM on a float32 copy of the weight made for that call
+      (never kept: the weight stays 16-bit in memory), always `FLOAT32_BLOCK` rows at a time; decode steps of a
+      few rows: one `mv` per row.
+
+    Why `mv` only in decode steps, and fixed blocks: the same prompt row must give the same numbers whether it
+    is evaluated with the whole prompt or alone (a server that reuses a cached prefix evaluates only the rest,
+    often a single token). oneDNN's bf16 GEMM gives a row the same sums whatever the row count, `mv` sums in
+    another order, and the float32 GEMM changes its kernel with the row count."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, wide: str) -> None:
         super().__init__()
@@ -67,16 +91,25 @@ class Bf16Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features)
-        if rows.shape[0] == 1 or (self.wide == "float32" and rows.shape[0] <= ROWS_PER_ROW_GEMV):
+        count = rows.shape[0]
+        if _decoding.get() and (count == 1 or (self.wide == "float32" and count <= ROWS_PER_ROW_GEMV)):
             out = torch.stack([torch.mv(self.weight, row) for row in rows])
             if self.bias is not None:
                 out = out + self.bias
         elif self.wide == "onednn":
             out = F.linear(rows, self.weight, self.bias)
         else:
-            bias = self.bias.float() if self.bias is not None else None
-            out = F.linear(rows.float(), self.weight.float(), bias).to(x.dtype)
+            out = self._float32_blocks(rows).to(x.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _float32_blocks(self, rows: Tensor) -> Tensor:
+        weight = self.weight.float()
+        bias = self.bias.float() if self.bias is not None else None
+        padded = -(-rows.shape[0] // FLOAT32_BLOCK) * FLOAT32_BLOCK
+        inputs = torch.zeros(padded, self.in_features, dtype=torch.float32)
+        inputs[: rows.shape[0]] = rows
+        blocks = [F.linear(block, weight, bias) for block in inputs.split(FLOAT32_BLOCK)]
+        return torch.cat(blocks)[: rows.shape[0]]
 
 
 def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
