@@ -4,6 +4,7 @@ deduplication, whole packages held out, a folder written all at once with its ma
 
 from __future__ import annotations
 
+import itertools
 import json
 import zipfile
 from email.message import Message
@@ -162,3 +163,16 @@ def test_bench_infill_draws_from_the_held_out_packages(built):
     files, description = source_files(str(out))
     assert [(f.repo, f.path) for f in files] == [("viewer", "viewer/main.py")]
     assert description == f"held-out packages of the corpus {out}"
+
+
+def test_installed_distributions_and_the_standard_library_are_sources():
+    sources = {s.package.name: s for s in corpus.installed_sources(exclude={"torch"})}
+    assert "torch" not in sources
+    typer = sources["typer"]  # a dependency of sc2: MIT, by its metadata
+    assert typer.package.origin == "installed" and typer.package.kept_licence == "MIT"
+    path, data = next(iter(typer.entries))
+    assert path.startswith("typer/") and path.endswith(".py") and data
+    stdlib = corpus.stdlib_source()
+    assert stdlib.package.kept_licence == "PSF" and stdlib.package.origin == "stdlib"
+    paths = [path for path, _ in itertools.islice(stdlib.entries, 50)]
+    assert paths and all(p.endswith(".py") and "site-packages" not in p for p in paths)
