@@ -243,12 +243,18 @@ class Deduplicator:
         digest = hashlib.blake2b("\n".join(line for line in lines if line).encode(), digest_size=16).digest()
         if digest in self.texts:
             return "exact duplicate"
-        substantial = {hash(s) for s in (line.strip() for line in lines) if len(s) >= SUBSTANTIAL}
+        substantial = {_line_hash(s) for s in (line.strip() for line in lines) if len(s) >= SUBSTANTIAL}
         if len(substantial) >= NEAR_MIN_LINES and len(substantial & self.lines) >= NEAR_DUPLICATE * len(substantial):
             return "near duplicate"
         self.texts.add(digest)
         self.lines |= substantial
         return None
+
+
+def _line_hash(line: str) -> int:
+    """A hash that is the same in every process (Python's `hash` of a str is salted per run): the corpus is the same
+    whenever it is built from the same sources."""
+    return int.from_bytes(hashlib.blake2b(line.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 # ---- building -----------------------------------------------------------------------------------------------------
