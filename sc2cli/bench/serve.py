@@ -45,7 +45,7 @@ from pathlib import Path
 
 from ..machine import versions
 from ..tokenizer import Tokenizer
-from .checkpoints import DTYPE_NAMES, GGUF_SUFFIX, SHAPES, NoGGUF, peer_gguf
+from .checkpoints import DTYPE_NAMES, GGUF_SUFFIX, SHAPES, NoGGUF, peer_gguf  # noqa: F401 (SHAPES: for the command)
 from .client import RequestFailed, infill_body, stream_infill
 from .machine import cpu_capability_label, cpu_model
 from .servers import ProcessFailed, llama_server, process_env, sc2_command, sc2_server, time_cold
