@@ -124,13 +124,15 @@ def test_model_report_is_what_the_command_prints(isolated, checkpoint):
 
 @pytest.mark.parametrize("capability", [devices.AVX512_VNNI_CPU, devices.AVX512_CPU, devices.AVX2_CPU])
 def test_the_cpu_kernels_sc2_picks_are_reported(isolated, monkeypatch, capability):
-    """Whether bf16 weights are prepacked (oneDNN bf16) and int8 runs full-range (VNNI) on this machine."""
+    """How bf16 weights are multiplied (oneDNN's bf16 GEMM or the float32 one) and whether int8 runs full-range
+    (VNNI) on this machine."""
     monkeypatch.setattr(devices, "cpu_capability", lambda: capability)
     cpu = machine.devices()["cpu"]
     assert (cpu["capability"], cpu["onednn_bf16"], cpu["int8_vnni"]) == (
         capability.isa, capability.onednn_bf16, capability.int8_vnni)
     shown = rows(invoke(["info", "sc2-tiny"]).stdout)["cpu kernels"]
-    assert shown == (f"prepacked bf16 {'yes' if capability.onednn_bf16 else 'no'} (oneDNN bf16), "
+    gemm = "oneDNN bf16 GEMM" if capability.onednn_bf16 else "float32 GEMM (no bf16 arithmetic)"
+    assert shown == (f"bf16 by mv + {gemm}, "
                      f"full-range int8 {'yes' if capability.int8_vnni else 'no'} (AVX-512 VNNI)")
 
 
@@ -155,4 +157,5 @@ def test_render_lists_each_cuda_device():
          "versions": {"sc2cli": "0", "python": "3"}}
     shown = rows(render(r))
     assert shown["cuda:0"] == "GPU, 80.00 GiB, compute 9.0" and "cuda" not in shown
-    assert shown["cpu kernels"] == "prepacked bf16 no (oneDNN bf16), full-range int8 no (AVX-512 VNNI)"
+    assert shown["cpu kernels"] == ("bf16 by mv + float32 GEMM (no bf16 arithmetic), full-range int8 no "
+                                    "(AVX-512 VNNI)")

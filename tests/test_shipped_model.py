@@ -38,7 +38,7 @@ def test_shipped_weights_give_the_reference_logits():
 
 @pytest.mark.slow
 def test_main_command_prints_python_that_parses(tmp_path):
-    # As the README has it (dtype auto: bfloat16 on AVX-512 CPUs, float32 elsewhere), it runs...
+    # As the README has it (dtype auto: bfloat16 on x86 CPUs with AVX2 or AVX-512, float32 elsewhere), it runs...
     readme = run_sc2(["complete", "def fibonacci(n):"], tmp_path)
     assert readme.returncode == 0 and readme.stdout.strip(), readme.stderr.decode()
     # ...and the text asserted comes from float32, pinned so that it does not depend on the CPU.

@@ -1,4 +1,4 @@
-"""The speed paths give the numbers of the plain path: prepacked and int8 linears, the static decode step (what a
+"""The speed paths give the numbers of the plain path: the bf16 and int8 linears, the static decode step (what a
 CUDA graph replays), and prompt-lookup drafts checked in one pass (issue: speed).
 
 Kernel choices depend on the CPU (`sc2cli.devices.cpu_capability`); each branch is forced here by replacing that

@@ -88,7 +88,7 @@ def render(r: dict) -> str:
     d = r["devices"]
     cpu = d["cpu"]
     rows.append(("cpu", f"{cpu['threads']} threads, {cpu['cores']} cores, {cpu['capability']}"))
-    rows.append(("cpu kernels", f"prepacked bf16 {yes_no(cpu['onednn_bf16'])} (oneDNN bf16), "
+    rows.append(("cpu kernels", f"bf16 {bf16_kernels(cpu)}, "
                                 f"full-range int8 {yes_no(cpu['int8_vnni'])} (AVX-512 VNNI)"))
     for g in d["cuda"]:
         rows.append((f"cuda:{g['index']}", f"{g['name']}, {gib(g['memory_bytes'])}, compute {g['capability']}"))
@@ -99,3 +99,11 @@ def render(r: dict) -> str:
     rows.append(("versions", ", ".join(f"{k} {v or 'missing'}" for k, v in r["versions"].items())))
     width = max(len(k) for k, _ in rows)
     return "".join(f"{k:<{width}}  {v}\n" for k, v in rows)
+
+
+def bf16_kernels(cpu: dict) -> str:
+    """How bf16 weights are multiplied on this CPU (see model/linear.py): decode by `mv`, more rows by oneDNN's
+    bf16 GEMM or, without bf16 arithmetic, the float32 GEMM; below AVX2 by plain F.linear."""
+    if not str(cpu["capability"]).startswith(("AVX2", "AVX512")):
+        return "on F.linear (no AVX2)"
+    return "by mv + oneDNN bf16 GEMM" if cpu["onednn_bf16"] else "by mv + float32 GEMM (no bf16 arithmetic)"
