@@ -137,6 +137,12 @@ def test_closed_pipe_during_infill_ends_quietly(checkpoint, tmp_path):
 # once per process": a KeyboardInterrupt raised in the middle of importing numpy / torch. sc2cli.cli holds a signal
 # that arrives during an import until the import is done (see its docstring).
 
+def as_from_a_terminal() -> None:
+    """The child starts as a command typed in a shell does: SIGINT at its default. (A test run started as a
+    background job inherits SIGINT ignored, and a child that starts so never gets Python's handler.)"""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_up_seconds() -> float:
     """How long this interpreter takes to reach sc2's first line (site, .pth files, the sc2cli package): a signal
     before that meets Python's own start-up, which no code of sc2 can guard. The schedule begins after it."""
@@ -150,6 +156,7 @@ def _start_up_seconds() -> float:
 
 def _interrupted_run(argv: list[str], delay: float, signum, env) -> tuple[int, str]:
     process = subprocess.Popen(sc2_command() + argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               preexec_fn=as_from_a_terminal,
                                stderr=subprocess.PIPE, env=env)
 
     def after_the_delay():
@@ -208,6 +215,7 @@ def _run_probe(tmp_path: Path, body: str, timeout: float = 60) -> subprocess.Com
     (tmp_path / "half_imported.py").write_text(HALF_IMPORTED)
     code = PROBE.format(folder=str(tmp_path), body="\n".join("    " + line for line in body.strip().splitlines()))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=timeout,
+                          preexec_fn=as_from_a_terminal,
                           env=isolated_env(tmp_path / "home"))
 
 
@@ -234,7 +242,7 @@ def test_a_signal_before_main_ends_the_run_as_main_starts(tmp_path):
             "sys.argv = ['sc2', '--help']\n"
             "main()\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
-                            env=isolated_env(tmp_path / "home"))
+                            env=isolated_env(tmp_path / "home"), preexec_fn=as_from_a_terminal)
     assert result.returncode == 130, result.stderr.decode()
     assert result.stderr.strip() == b"" and result.stdout == b"", result  # no help: the run ended at once
 
