@@ -24,6 +24,14 @@ class CpuCapability:
     onednn_bf16: bool  # oneDNN has bf16 GEMM kernels (`linear.Bf16Linear` multiplies several rows there)
     int8_vnni: bool  # fbgemm's int8 GEMM sums u8 x s8 products in 32 bits (AVX-512 VNNI), never in 16
 
+    @property
+    def bf16_products(self) -> str | None:
+        """How `linear.Bf16Linear` multiplies several rows of bf16 weights here: "onednn" (bf16 arithmetic),
+        "float32" (AVX2: a float32 GEMM), or None below AVX2, where bf16 `mv` has no vector code (plain F.linear)."""
+        if not self.isa.startswith(("AVX2", "AVX512")):
+            return None
+        return "onednn" if self.onednn_bf16 else "float32"
+
 
 # Typical machines, for tests that force a branch and for reading the code.
 AVX512_VNNI_CPU = CpuCapability("AVX512", onednn_bf16=True, int8_vnni=True)  # Cascade Lake and later Xeons, Zen 4
@@ -153,7 +161,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def _cpu_streams_bf16() -> bool:
     """Whether this CPU has vector code for bf16 weights (`Bf16Linear`): x86 with AVX2 or AVX-512."""
-    return cpu_capability().isa.startswith(("AVX2", "AVX512"))
+    return cpu_capability().bf16_products is not None
 
 
 def _runs(dtype: torch.dtype, device: torch.device) -> bool:

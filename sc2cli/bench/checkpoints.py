@@ -163,9 +163,14 @@ def gguf_path(checkpoint: Path, key: str, kind: str) -> Path:
     """Where the GGUF (`kind`: f32, f16, bf16, q8_0) of the checkpoint known as `key` (a shape name, "shipped", a
     model reference) lives: in the folder of random weights, which the bench owns, else in the bench cache."""
     name = f"model-{kind}.gguf"
-    if key in SHAPES and key != "shipped":
+    if _random_weights(key):
         return checkpoint / name
     return cache_root() / "gguf" / key.replace("/", "--") / name
+
+
+def _random_weights(key: str) -> bool:
+    """Whether `key` names random weights of a shape: a folder the bench wrote and owns."""
+    return key in SHAPES and key != "shipped"
 
 
 class NoGGUF(RuntimeError):
@@ -177,12 +182,11 @@ def peer_gguf(checkpoint: Path, key: str, kind: str, progress: Callable[[str], N
     from ..errors import Sc2Error
 
     path = gguf_path(checkpoint, key, kind)
-    weights = [f for f in checkpoint.glob("*.safetensors")]
-    newest = max((f.stat().st_mtime for f in weights), default=0.0)
+    newest = max((f.stat().st_mtime for f in checkpoint.glob("*.safetensors")), default=0.0)
     if path.is_file() and path.stat().st_mtime >= newest:
         return path
     tokenizer = checkpoint / "tokenizer.json"
-    if not tokenizer.is_file() and key in SHAPES and key != "shipped":
+    if not tokenizer.is_file() and _random_weights(key):
         _give_shipped_tokenizer(checkpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
     if progress:

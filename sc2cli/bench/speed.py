@@ -91,6 +91,13 @@ def engine_dtype(engine: str, dtype: str) -> str:
     return "float32" if engine == "transformers-avx2" else dtype
 
 
+def engine_itemsize(engine: str, dtype: str) -> int:
+    """Bytes an engine reads per weight: one for int8 and Q8_0, else its dtype's."""
+    if engine in ("sc2-int8", "llama.cpp-q8_0"):
+        return 1
+    return torch_dtype(engine_dtype(engine, dtype)).itemsize
+
+
 def worker_argv(plan: BenchPlan, engine: str, gguf: Path | None = None) -> list[str]:
     argv = ["worker", "--engine", engine, "--checkpoint", str(plan.checkpoint),
             "--dtype", engine_dtype(engine, plan.dtype),
@@ -177,8 +184,7 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
             sample["round"] = round_index
             sample["bandwidth_gbps"] = bw["gbps"]
             # int8 and Q8_0 weights read about one byte per parameter (plus scales); float32 four.
-            engine_bytes = (per_token // itemsize if engine in ("sc2-int8", "llama.cpp-q8_0") else
-                            per_token // itemsize * 4 if engine_dtype(engine, plan.dtype) == "float32" else per_token)
+            engine_bytes = per_token // itemsize * engine_itemsize(engine, plan.dtype)
             for batch in (1, 4):
                 rate = sample.get(f"decode_b{batch}_tok_s")
                 sample[f"roofline_b{batch}"] = (rate / roofline_tok_s(bw["gbps"], engine_bytes, batch)

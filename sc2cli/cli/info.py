@@ -101,9 +101,12 @@ def render(r: dict) -> str:
     return "".join(f"{k:<{width}}  {v}\n" for k, v in rows)
 
 
+BF16_PRODUCTS = {"onednn": "by mv + oneDNN bf16 GEMM", "float32": "by mv + float32 GEMM (no bf16 arithmetic)",
+                 None: "on F.linear (no AVX2)"}
+
+
 def bf16_kernels(cpu: dict) -> str:
-    """How bf16 weights are multiplied on this CPU (see model/linear.py): decode by `mv`, more rows by oneDNN's
-    bf16 GEMM or, without bf16 arithmetic, the float32 GEMM; below AVX2 by plain F.linear."""
-    if not str(cpu["capability"]).startswith(("AVX2", "AVX512")):
-        return "on F.linear (no AVX2)"
-    return "by mv + oneDNN bf16 GEMM" if cpu["onednn_bf16"] else "by mv + float32 GEMM (no bf16 arithmetic)"
+    """How bf16 weights are multiplied on this CPU (`CpuCapability.bf16_products`, model/linear.py)."""
+    from ..devices import CpuCapability  # (torch comes with it: only once a report is rendered)
+
+    return BF16_PRODUCTS[CpuCapability(str(cpu["capability"]), cpu["onednn_bf16"], cpu["int8_vnni"]).bf16_products]

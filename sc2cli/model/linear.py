@@ -38,10 +38,8 @@ def bf16_kernel(device: torch.device, dtype: torch.dtype) -> str | None:
     (another device or dtype, or a CPU below AVX2, whose bf16 `mv` has no vector code)."""
     if device.type != "cpu" or dtype != torch.bfloat16:
         return None
-    capability = devices.cpu_capability()
-    if not capability.isa.startswith(("AVX2", "AVX512")):
-        return None
-    return "onednn" if capability.onednn_bf16 and torch.backends.mkldnn.is_available() else "float32"
+    products = devices.cpu_capability().bf16_products
+    return "float32" if products == "onednn" and not torch.backends.mkldnn.is_available() else products
 
 
 # Decode steps at most this many rows wide stream the weight once per row (`torch.mv`) on CPUs without bf16

@@ -359,11 +359,6 @@ def is_corpus(folder: Path) -> bool:
     return (folder / MANIFEST).is_file()
 
 
-def split_dir(folder: Path, split: str) -> Path:
-    """The folder of one split of a corpus (its first path component under it is the package)."""
-    return folder / split
-
-
 # ---- the data card ------------------------------------------------------------------------------------------
 
 def card(manifest: dict) -> str:
