@@ -11,12 +11,14 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 
 .PHONY: install test test-quick lint-imports run completions corpus tiny-model clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py sc2cli/kernels/gemv.cpp
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU wheel of torch lies on disk; installing the pin first keeps pip from pulling a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	# The native decode kernels (setup.py) compile against the torch just installed: no isolated build.
+	$(BIN)/pip install -q setuptools wheel
+	$(BIN)/pip install -q --no-build-isolation -e '.[test]'
 	touch $(STAMP)
 
 # llama.cpp's Python bindings, a test oracle (only the tests need them, not `make run`): built from source once

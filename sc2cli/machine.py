@@ -11,13 +11,16 @@ DISTRIBUTIONS = ("sc2cli", "torch", "tokenizers", "huggingface_hub", "safetensor
 
 
 def devices() -> dict:
-    """{"cpu": {"threads", "cores", "capability", "onednn_bf16", "int8_vnni"}, "cuda": [{"index", "name",
-    "memory_bytes", "capability"}], "mps": bool, "auto": {"device", "dtype"}}.
+    """{"cpu": {"threads", "cores", "capability", "onednn_bf16", "int8_vnni", "native_kernels",
+    "native_kernels_missing"}, "cuda": [{"index", "name", "memory_bytes", "capability"}], "mps": bool,
+    "auto": {"device", "dtype"}}.
 
-    The CPU's `onednn_bf16` says whether bf16 weights are prepacked for oneDNN here, `int8_vnni` whether int8
-    weights use full-range 8-bit activations (without VNNI they use 7 bits: see `devices.cpu_capability`)."""
+    The CPU's `onednn_bf16` says whether oneDNN multiplies bf16 prompts here, `int8_vnni` whether int8 weights use
+    full-range 8-bit activations (without VNNI they use 7 bits: see `devices.cpu_capability`), `native_kernels`
+    the instruction set of sc2's decode kernels here (None: torch's kernels, `native_kernels_missing` says why)."""
     import torch
 
+    from . import kernels
     from .devices import _mps_available, cpu_capability, resolve_device, resolve_dtype
 
     cuda = []
@@ -30,7 +33,9 @@ def devices() -> dict:
     auto = resolve_device("auto")
     return {
         "cpu": {"threads": torch.get_num_threads(), "cores": os.cpu_count(), "capability": cpu.isa,
-                "onednn_bf16": cpu.onednn_bf16, "int8_vnni": cpu.int8_vnni},
+                "onednn_bf16": cpu.onednn_bf16, "int8_vnni": cpu.int8_vnni,
+                "native_kernels": kernels.isa_for(cpu.isa) if kernels.available() else None,
+                "native_kernels_missing": kernels.unavailable_reason()},
         "cuda": cuda,
         "mps": _mps_available(),
         "auto": {"device": str(auto), "dtype": str(resolve_dtype("auto", auto)).removeprefix("torch.")},

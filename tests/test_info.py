@@ -13,7 +13,7 @@ from checkpoints import make_checkpoint
 from cli_helpers import isolate_in_process
 from typer.testing import CliRunner
 
-from sc2cli import devices, hub, inspection, machine
+from sc2cli import devices, hub, inspection, kernels, machine
 from sc2cli.cli import app
 from sc2cli.cli.info import count, render
 from sc2cli.model.presets import preset_config
@@ -132,8 +132,18 @@ def test_the_cpu_kernels_sc2_picks_are_reported(isolated, monkeypatch, capabilit
         capability.isa, capability.onednn_bf16, capability.int8_vnni)
     shown = rows(invoke(["info", "sc2-tiny"]).stdout)["cpu kernels"]
     gemm = "oneDNN bf16 GEMM" if capability.onednn_bf16 else "float32 GEMM (no bf16 arithmetic)"
-    assert shown == (f"bf16 by mv + {gemm}, "
+    native = kernels.isa_for(capability.isa) if kernels.available() else None
+    decode = {"avx2": "sc2 AVX2 kernel", "avx512": "sc2 AVX-512 kernel", None: "mv"}[native]
+    assert cpu["native_kernels"] == native
+    assert shown == (f"bf16 by {decode} + {gemm}, "
                      f"full-range int8 {'yes' if capability.int8_vnni else 'no'} (AVX-512 VNNI)")
+
+
+def test_info_says_why_the_native_kernels_are_missing(isolated, monkeypatch):
+    monkeypatch.setattr(kernels, "_load", lambda: "not built (no C++ compiler)")
+    shown = rows(invoke(["info", "sc2-tiny"]).stdout)
+    assert shown["native kernels"] == "none: not built (no C++ compiler)"
+    assert shown["cpu kernels"].startswith("bf16 by mv + ")
 
 
 def test_this_machine(isolated):
@@ -151,11 +161,11 @@ def test_render_lists_each_cuda_device():
     r = {"model": "m", "source": "preset", "path": None, "revision": None, "note": "n", "config": report,
          **sizes(preset_config("starcoder2-3b")),
          "devices": {"cpu": {"threads": 4, "cores": 8, "capability": "AVX2", "onednn_bf16": False,
-                             "int8_vnni": False},
+                             "int8_vnni": False, "native_kernels": "avx2", "native_kernels_missing": None},
                      "cuda": [{"index": 0, "name": "GPU", "memory_bytes": 80 * 2**30, "capability": "9.0"}],
                      "mps": False, "auto": {"device": "cuda", "dtype": "bfloat16"}},
          "versions": {"sc2cli": "0", "python": "3"}}
     shown = rows(render(r))
     assert shown["cuda:0"] == "GPU, 80.00 GiB, compute 9.0" and "cuda" not in shown
-    assert shown["cpu kernels"] == ("bf16 by mv + float32 GEMM (no bf16 arithmetic), full-range int8 no "
-                                    "(AVX-512 VNNI)")
+    assert shown["cpu kernels"] == ("bf16 by sc2 AVX2 kernel + float32 GEMM (no bf16 arithmetic), full-range int8 "
+                                    "no (AVX-512 VNNI)")

@@ -43,6 +43,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ..kernels import SWITCH as NATIVE_KERNELS_SWITCH
 from .checkpoints import (DTYPE_NAMES, GGUF_SUFFIX, SHAPES, NoGGUF, peer_gguf, random_checkpoint, shape_config,
                           torch_dtype)
 from .machine import cpu_model, gpu_name
@@ -66,6 +67,8 @@ def _worker_env(threads: int, engine: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     if engine in CAPPED_AT_AVX2:
         env.update(AVX2_ENV)
+    if SC2_VARIANTS.get(engine, {}).get("native_kernels") is False:
+        env[NATIVE_KERNELS_SWITCH] = "off"
     root = str(Path(__file__).resolve().parents[2])  # the folder that holds the sc2cli package
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

@@ -26,13 +26,16 @@ SC2_VARIANTS = {
     "sc2-eager": {"quantize": "none", "decode": "eager"},
     "sc2-compile": {"quantize": "none", "decode": "compile"},
     "sc2-avx2": {"quantize": "none", "decode": "auto", "cpu": "avx2"},
+    # The same without sc2's native decode kernels (SC2_KERNELS=off: torch's `mv`), to measure what they add.
+    "sc2-mv": {"quantize": "none", "decode": "auto", "native_kernels": False},
+    "sc2-avx2-mv": {"quantize": "none", "decode": "auto", "cpu": "avx2", "native_kernels": False},
 }
 PEERS = ("transformers", "llama.cpp")
 # What an AVX2 CPU would run, on a CPU above it: every library the engines use capped at AVX2 by its own switch
 # (torch's kernels, oneDNN, MKL, fbgemm). transformers runs there at float32, its best dtype without bf16 arithmetic.
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
             "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}
-CAPPED_AT_AVX2 = ("sc2-avx2", "transformers-avx2")
+CAPPED_AT_AVX2 = ("sc2-avx2", "sc2-avx2-mv", "transformers-avx2")
 # The llama.cpp peers: the GGUF at the benchmark's precision, and Q8_0 (set against sc2-int8) when that variant runs.
 LLAMA_CPP_ENGINES = ("llama.cpp", "llama.cpp-q8_0")
 ENGINES = (*SC2_VARIANTS, "transformers", "transformers-avx2", *LLAMA_CPP_ENGINES)
@@ -136,9 +139,15 @@ def _kernels(model) -> str:
     """Which linear kernels the model runs, and the CPU dispatch level torch uses (what a capped run must show)."""
     import torch
 
-    names = sorted({getattr(m, "wide", None) and f"{type(m).__name__}({m.wide})" or type(m).__name__
+    names = sorted({type(m).__name__ + _kernel_detail(m)
                     for m in model.modules() if type(m).__name__ in ("Bf16Linear", "Int8Linear", "Linear")})
     return f"{', '.join(names)} on {torch.backends.cpu.get_cpu_capability()}"
+
+
+def _kernel_detail(module) -> str:
+    """"(float32, native avx2)": the GEMM branch and sc2's decode kernel, where the module has them."""
+    parts = [getattr(module, "wide", None), getattr(module, "gemv_isa", None) and f"native {module.gemv_isa}"]
+    return f"({', '.join(p for p in parts if p)})" if any(parts) else ""
 
 
 def measure_transformers(a: WorkerArgs, result: dict) -> None:

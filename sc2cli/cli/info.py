@@ -90,6 +90,8 @@ def render(r: dict) -> str:
     rows.append(("cpu", f"{cpu['threads']} threads, {cpu['cores']} cores, {cpu['capability']}"))
     rows.append(("cpu kernels", f"bf16 {bf16_kernels(cpu)}, "
                                 f"full-range int8 {yes_no(cpu['int8_vnni'])} (AVX-512 VNNI)"))
+    if cpu.get("native_kernels_missing"):
+        rows.append(("native kernels", f"none: {cpu['native_kernels_missing']}"))
     for g in d["cuda"]:
         rows.append((f"cuda:{g['index']}", f"{g['name']}, {gib(g['memory_bytes'])}, compute {g['capability']}"))
     if not d["cuda"]:
@@ -101,12 +103,21 @@ def render(r: dict) -> str:
     return "".join(f"{k:<{width}}  {v}\n" for k, v in rows)
 
 
-BF16_PRODUCTS = {"onednn": "by mv + oneDNN bf16 GEMM", "float32": "by mv + float32 GEMM (no bf16 arithmetic)",
-                 None: "on F.linear (no AVX2)"}
+BF16_PRODUCTS = {"onednn": "oneDNN bf16 GEMM", "float32": "float32 GEMM (no bf16 arithmetic)"}
 
 
 def bf16_kernels(cpu: dict) -> str:
-    """How bf16 weights are multiplied on this CPU (`CpuCapability.bf16_products`, model/linear.py)."""
+    """How bf16 weights are multiplied on this CPU: decode steps, then prompts (`CpuCapability.bf16_products`,
+    model/linear.py)."""
     from ..devices import CpuCapability  # (torch comes with it: only once a report is rendered)
 
-    return BF16_PRODUCTS[CpuCapability(str(cpu["capability"]), cpu["onednn_bf16"], cpu["int8_vnni"]).bf16_products]
+    products = CpuCapability(str(cpu["capability"]), cpu["onednn_bf16"], cpu["int8_vnni"]).bf16_products
+    if products is None:
+        return "on F.linear (no AVX2)"
+    return f"by {native_kernels(cpu)} + {BF16_PRODUCTS[products]}"
+
+
+def native_kernels(cpu: dict) -> str:
+    """The decode kernel: sc2's own (sc2cli/kernels) in the instruction set it runs here, or torch's `mv`."""
+    native = cpu.get("native_kernels")
+    return f"sc2 {native.upper().replace('AVX512', 'AVX-512')} kernel" if native else "mv"

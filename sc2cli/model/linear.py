@@ -4,16 +4,18 @@ Decode multiplies every weight matrix by one vector per token, so its speed is h
 memory. Two replacements:
 
 - `Bf16Linear` (CPU, bfloat16, any x86 CPU with AVX2 or better: `devices.cpu_capability`): the checkpoint's own
-  bf16 weights, used where they lie (no copy, no repacking). One row goes through torch's matrix-vector product
-  (bf16 weights, float32 sums, AVX2 or AVX-512 code); more rows through oneDNN's bf16 GEMM where the CPU has bf16
-  arithmetic, else through the float32 GEMM on a float32 copy made for the call. (It replaced a prepacked oneDNN
+  bf16 weights, used where they lie (no copy, no repacking). A decode step's few rows go through sc2's native
+  kernel (`sc2cli.kernels`: bf16 weights widened in registers, float32 sums, AVX2 or AVX-512 code), or torch's
+  matrix-vector product where the kernel was not built; more rows through oneDNN's bf16 GEMM where the CPU has
+  bf16 arithmetic, else through the float32 GEMM on a float32 copy made for the call. (It replaced a prepacked oneDNN
   weight: measured on the ~180M shape's matrices on an AVX-512 BF16 / AMX Xeon, 2 threads, the bf16 `mv` streamed
   10.7-21 GB/s against the prepacked kernel's 8-10 at one row, `F.linear` matched it at 4 and 512 rows, and the
   repacking doubled the load time and the memory while it ran.)
 - `Int8Linear` (`--quantize int8`, any device): symmetric per-output-channel int8 weights (scale = max|w| / 127)
-  with the scales in the activation dtype. Up to `GEMV_ROWS` rows (decode) go through the fused int8 kernel,
-  which reads one byte per weight; longer inputs (prefill, compute-bound) dequantize the matrix and use the
-  regular GEMM, which is faster there than the int8 kernel.
+  with the scales in the activation dtype. A decode step's few rows go through sc2's native int8 kernel where it
+  was built (weight-only: the activations stay float32); on x86 everything else goes through fbgemm's int8
+  GEMM, elsewhere up to `GEMV_ROWS` rows through torch's fused int8 kernel and longer inputs through the
+  dequantized matrix.
 
 A prepared model is for inference only (the fused q/k/v and the int8 weights no longer carry checkpoint names).
 """
@@ -27,10 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import devices
+from .. import devices, kernels
 
 QUANTIZE_CHOICES = ("none", "int8")
 GEMV_ROWS = 16
+
+
+def native_gemv_isa(device: torch.device) -> str | None:
+    """The instruction set sc2's native decode kernels run here ("avx2", "avx512"), or None where they do not
+    (another device, a CPU below AVX2, or the kernels not built: `kernels.unavailable_reason`)."""
+    if device.type != "cpu" or not kernels.available():
+        return None
+    return kernels.isa_for(devices.cpu_capability().isa)
 
 
 def bf16_kernel(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -42,8 +52,9 @@ def bf16_kernel(device: torch.device, dtype: torch.dtype) -> str | None:
     return "float32" if products == "onednn" and not torch.backends.mkldnn.is_available() else products
 
 
-# Decode steps at most this many rows wide stream the weight once per row (`torch.mv`) on CPUs without bf16
-# arithmetic; wider ones, and every prompt, go through a GEMM.
+# Decode steps at most this many rows wide go through the native kernel (one pass over the weight for all rows)
+# or, without it, stream the weight once per row (`torch.mv`) on CPUs without bf16 arithmetic; wider ones, and
+# every prompt, go through a GEMM.
 ROWS_PER_ROW_GEMV = 4
 # Rows per float32 GEMM on CPUs without bf16 arithmetic: always this many (the last block padded), so that a row's
 # result never depends on how many rows came with it (see `Bf16Linear`).
@@ -64,10 +75,11 @@ def decode_step() -> Iterator[None]:
 class Bf16Linear(nn.Module):
     """CPU, bfloat16 weights kept as the checkpoint stores them (no copy, no repacking: loading is reading).
 
-    A decode step at batch 1 multiplies the weight by one vector: that goes through torch's matrix-vector
-    product, which reads bf16 weights and sums in float32 with AVX2 or AVX-512 code alike, at 1.2-2x the bytes
-    per second of oneDNN's GEMM for one row (measured on the ~180M shape). Everything else goes through a GEMM
-    chosen by the CPU (`wide`, from `devices.cpu_capability`):
+    A decode step multiplies the weight by one vector per sequence: that goes through sc2's native kernel
+    (`gemv_isa`: AVX2 or AVX-512 code, one pass over the weight for up to `ROWS_PER_ROW_GEMV` rows; on AVX2 1.3x
+    the bytes per second of torch's bf16 `mv`, measured), or, where it was not built, through torch's `mv`
+    (bf16 weights, float32 sums), at 1.2-2x the bytes per second of oneDNN's GEMM for one row (measured on the
+    ~180M shape). Everything else goes through a GEMM chosen by the CPU (`wide`, from `devices.cpu_capability`):
     - "onednn": `F.linear`, oneDNN's bf16 GEMM (AVX-512 BF16, AMX, AVX-NE-CONVERT);
     - "float32" (AVX2: no bf16 arithmetic): the float32 GEMM on a float32 copy of the weight made for that call
       (never kept: the weight stays 16-bit in memory), always `FLOAT32_BLOCK` rows at a time; decode steps of a
@@ -78,7 +90,7 @@ class Bf16Linear(nn.Module):
     often a single token). oneDNN's bf16 GEMM gives a row the same sums whatever the row count, `mv` sums in
     another order, and the float32 GEMM changes its kernel with the row count."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, wide: str) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None, wide: str, gemv_isa: str | None = None) -> None:
         super().__init__()
         if wide not in ("onednn", "float32"):
             raise ValueError(f"wide must be onednn or float32, not {wide!r}")
@@ -86,11 +98,17 @@ class Bf16Linear(nn.Module):
         self.weight = weight.detach()
         self.bias = bias.detach() if bias is not None else None
         self.wide = wide
+        self.gemv_isa = gemv_isa  # sc2's native decode kernel, or None: torch's `mv`
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features)
         count = rows.shape[0]
-        if _decoding.get() and (count == 1 or (self.wide == "float32" and count <= ROWS_PER_ROW_GEMV)):
+        if _decoding.get() and self.gemv_isa and count <= ROWS_PER_ROW_GEMV:
+            out = kernels.bf16_gemv(self.weight, rows, self.gemv_isa)
+            if self.bias is not None:
+                out = out + self.bias
+            out = out.to(x.dtype)
+        elif _decoding.get() and (count == 1 or (self.wide == "float32" and count <= ROWS_PER_ROW_GEMV)):
             out = torch.stack([torch.mv(self.weight, row) for row in rows])
             if self.bias is not None:
                 out = out + self.bias
@@ -151,7 +169,8 @@ class Int8Linear(nn.Module):
     no sum saturates and the result is exact for 7-bit activations (the same numbers on AVX2 and VNNI kernels),
     at twice the activation rounding step of the VNNI path. The choice is `devices.cpu_capability().int8_vnni`."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, gemv_isa: str | None = None
+                 ) -> None:
         super().__init__()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         q, scale = quantize_int8(weight)
@@ -159,7 +178,12 @@ class Int8Linear(nn.Module):
                            else None)
         # 7-bit activations where fbgemm would saturate 8-bit ones (see the class docstring).
         self.reduce_range = self.x86_packed is not None and not devices.cpu_capability().int8_vnni
-        self.register_buffer("weight_int8", q.contiguous() if self.x86_packed is None else None)
+        # sc2's native decode kernel reads the plain int8 weight (kept beside fbgemm's copy: one more byte per
+        # weight, two in all, the size of a bf16 checkpoint) with the float32 scales.
+        self.gemv_isa = gemv_isa
+        plain = self.x86_packed is None or gemv_isa is not None
+        self.register_buffer("weight_int8", q.contiguous() if plain else None)
+        self.register_buffer("gemv_scale", scale.float().contiguous() if gemv_isa else None, persistent=False)
         self.register_buffer("scale", scale.to(dtype))
         self.register_buffer("bias", bias.detach().clone() if bias is not None else None)
         self.fused_kernel = True  # cleared the first time the int8 kernel refuses these inputs
@@ -172,6 +196,11 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features)
+        if _decoding.get() and self.gemv_isa and rows.shape[0] <= ROWS_PER_ROW_GEMV:
+            out = kernels.int8_gemv(self.weight_int8, self.gemv_scale, rows, self.gemv_isa)
+            if self.bias is not None:
+                out = out + self.bias
+            return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         if self.x86_packed is not None:
             blocks = rows.float().split(GEMV_ROWS)
             dynamic = torch.ops.quantized.linear_dynamic
@@ -192,7 +221,8 @@ class Int8Linear(nn.Module):
 
 def replacement(weight: Tensor, bias: Tensor | None, quantize: str) -> nn.Module | None:
     """The faster module for this weight and bias, or None where plain `F.linear` is the best there is."""
+    gemv_isa = native_gemv_isa(weight.device)
     if quantize == "int8":
-        return Int8Linear(weight, bias, weight.dtype)
+        return Int8Linear(weight, bias, weight.dtype, gemv_isa)
     wide = bf16_kernel(weight.device, weight.dtype)
-    return Bf16Linear(weight, bias, wide) if wide else None
+    return Bf16Linear(weight, bias, wide, gemv_isa) if wide else None

@@ -1,0 +1,76 @@
+"""sc2's native decode kernels (`gemv.cpp`): a few float32 rows times bf16 or int8 weights, at the memory's speed.
+
+They are built with the package when a C++ compiler and torch are there (setup.py) and are optional: where the
+library is missing, does not load (built against another torch) or is turned off (SC2_KERNELS=off),
+`available()` is False, `unavailable_reason()`
+says why, and the model layer keeps torch's own kernels.
+
+The instruction set is the caller's choice (`isa_for`, from `devices.cpu_capability`), so that a test can force
+each branch and a capped benchmark (ATEN_CPU_CAPABILITY=avx2) runs the AVX2 code on an AVX-512 CPU.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+ISAS = ("scalar", "avx2", "avx512")  # the codes the library takes: 0, 1, 2
+LIBRARY = Path(__file__).with_name("_gemv.so")
+_ops = None  # torch.ops.sc2, once the library is loaded
+SWITCH = "SC2_KERNELS"  # "off": torch's kernels only (to compare, or to rule the native ones out)
+
+
+@functools.cache
+def _load() -> str | None:
+    """None once the library is loaded, else why it is not."""
+    if os.environ.get(SWITCH, "").strip().lower() in ("off", "0", "no", "false"):
+        return f"turned off by {SWITCH}={os.environ[SWITCH]}"
+    if not LIBRARY.exists():
+        return "not built (no C++ compiler, or the package was built without torch: see setup.py)"
+    import torch  # (here, not at import: the benchmark's parent process names SWITCH without loading torch)
+
+    try:
+        torch.ops.load_library(str(LIBRARY))
+    except (OSError, RuntimeError) as err:  # e.g. built against another torch: undefined symbols
+        return f"{LIBRARY.name} does not load: {str(err).splitlines()[0]}"
+    global _ops
+    _ops = torch.ops.sc2
+    return None
+
+
+def available() -> bool:
+    return _load() is None
+
+
+def unavailable_reason() -> str | None:
+    return _load()
+
+
+def isa_for(cpu_isa: str) -> str | None:
+    """The kernels' instruction set for torch's CPU dispatch level ("AVX512", "AVX2", ...), or None where they have
+    no vector code (below AVX2, or not x86): torch's kernels serve there. Never one this CPU cannot run (a test
+    that pretends to be on a bigger CPU gets the biggest this one has)."""
+    wanted = "avx512" if cpu_isa.startswith("AVX512") else "avx2" if cpu_isa.startswith("AVX2") else None
+    if wanted == "avx512" and not runs_here("avx512"):
+        wanted = "avx2"
+    return wanted if wanted and runs_here(wanted) else None
+
+
+@functools.cache
+def runs_here(isa: str) -> bool:
+    """Whether this CPU has the instructions of `isa` (asked of the library, which asks the CPU)."""
+    return available() and bool(_ops.isa_supported(ISAS.index(isa)))
+
+
+def bf16_gemv(weight: Tensor, x: Tensor, isa: str) -> Tensor:
+    """x [M, K] (any float dtype) times weight [N, K] (bf16) transposed: float32 [M, N]."""
+    return _ops.bf16_gemv(weight, x.float(), ISAS.index(isa))
+
+
+def int8_gemv(weight: Tensor, scale: Tensor, x: Tensor, isa: str) -> Tensor:
+    """x [M, K] times (weight [N, K] int8 * scale [N, 1]) transposed: float32 [M, N]."""
+    return _ops.int8_gemv(weight, scale, x.float(), ISAS.index(isa))

@@ -1,0 +1,206 @@
+// The decode step's products: a few float32 rows x [M, K] times a weight [N, K] stored in 16 or 8 bits, summed
+// in float32: out[m, n] = scale[n] * sum_k w[n, k] * x[m, k] (scale: int8 weights only).
+//
+// A decode step multiplies every weight matrix by one vector per sequence, so its speed is how fast the weights
+// stream from memory. torch's bf16 matrix-vector kernel, capped at AVX2, streams about half of what the memory
+// gives (12 of ~22 GB/s on two cores, measured); its int8 paths round the activations to int8 too. These
+// kernels widen each weight to float32 in registers (bf16: a zero-extend and a shift, since bf16 is the top half
+// of a float32; int8: a sign-extend and a convert) and multiply with FMA, reading every weight once for all M
+// rows.
+//
+// One function per instruction set, compiled here for each with the compiler's `target` attribute and chosen by
+// the caller at run time (sc2cli.kernels): 2 = AVX-512 (F+BW), 1 = AVX2 (+FMA), 0 = scalar C++.
+//
+// Every output (m, n) is summed by one thread in the same order whatever M, the thread count or the other rows:
+// a row's numbers never depend on what came with it.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+constexpr int64_t kMaxRows = 4;  // rows of x per pass over the weights (decode: one per sequence)
+enum Isa : int64_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+inline float widen(uint16_t v) {
+  uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline float widen(int8_t v) { return static_cast<float>(v); }
+
+// 8 weights widened to float32 (AVX2), 16 (AVX-512).
+__attribute__((target("avx2,fma"))) inline __m256 load8(const uint16_t* p) {
+  __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
+}
+__attribute__((target("avx2,fma"))) inline __m256 load8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+__attribute__((target("avx512f,avx512bw"))) inline __m512 load16(const uint16_t* p) {
+  __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+__attribute__((target("avx512f,avx512bw"))) inline __m512 load16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+__attribute__((target("avx512f,avx512bw"))) inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+struct Problem {
+  int64_t K, ldx, ldo;
+  const float* x;      // [M, K], rows ldx apart
+  const float* scale;  // [N] or nullptr
+  float* out;          // [M, N], rows ldo apart
+};
+
+template <typename T>
+inline void finish(const Problem& p, const T* w, int m, int64_t n, int64_t from, float sum) {
+  for (int64_t k = from; k < p.K; ++k) sum += widen(w[n * p.K + k]) * p.x[m * p.ldx + k];
+  p.out[m * p.ldo + n] = p.scale ? sum * p.scale[n] : sum;
+}
+
+// One weight row at a time, read front to back (one sequential stream for the prefetchers), with kSums
+// independent sums along k so that the FMAs do not wait on each other (the same count for any M: a row's sums
+// must not depend on how many rows came with it).
+constexpr int kSums = 2;
+
+// Bytes ahead of the read that each pass asks the cache for: the hardware prefetcher stops at every 4 KB page,
+// and a row of a decode-sized matrix is 1-8 KB long (measured: int8 10.5 -> 15 GB/s on two cores; bf16 gains less).
+constexpr int64_t kPrefetchBytes = 2048;
+
+template <typename T, int M>
+__attribute__((target("avx2,fma"))) void block_avx2(const Problem& p, const T* w, int64_t n) {
+  __m256 acc[kSums][M];
+  for (int u = 0; u < kSums; ++u)
+    for (int m = 0; m < M; ++m) acc[u][m] = _mm256_setzero_ps();
+  const T* row = w + n * p.K;
+  const int64_t body = p.K - p.K % (8 * kSums);
+  for (int64_t k = 0; k < body; k += 8 * kSums) {
+    _mm_prefetch(reinterpret_cast<const char*>(row + k) + kPrefetchBytes, _MM_HINT_T0);
+    for (int u = 0; u < kSums; ++u) {
+      __m256 wv = load8(row + k + 8 * u);
+      for (int m = 0; m < M; ++m)
+        acc[u][m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p.x + m * p.ldx + k + 8 * u), acc[u][m]);
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    __m256 t = acc[0][m];
+    for (int u = 1; u < kSums; ++u) t = _mm256_add_ps(t, acc[u][m]);
+    finish(p, w, m, n, body, hsum(t));
+  }
+}
+
+template <typename T, int M>
+__attribute__((target("avx512f,avx512bw"))) void block_avx512(const Problem& p, const T* w, int64_t n) {
+  __m512 acc[kSums][M];
+  for (int u = 0; u < kSums; ++u)
+    for (int m = 0; m < M; ++m) acc[u][m] = _mm512_setzero_ps();
+  const T* row = w + n * p.K;
+  const int64_t body = p.K - p.K % (16 * kSums);
+  for (int64_t k = 0; k < body; k += 16 * kSums) {
+    _mm_prefetch(reinterpret_cast<const char*>(row + k) + kPrefetchBytes, _MM_HINT_T0);
+    for (int u = 0; u < kSums; ++u) {
+      __m512 wv = load16(row + k + 16 * u);
+      for (int m = 0; m < M; ++m)
+        acc[u][m] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(p.x + m * p.ldx + k + 16 * u), acc[u][m]);
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    __m512 t = acc[0][m];
+    for (int u = 1; u < kSums; ++u) t = _mm512_add_ps(t, acc[u][m]);
+    finish(p, w, m, n, body, hsum(t));
+  }
+}
+
+template <typename T, int M>
+void block_scalar(const Problem& p, const T* w, int64_t n) {
+  for (int m = 0; m < M; ++m) finish(p, w, m, n, 0, 0.f);
+}
+
+template <typename T, int M>
+void rows(int64_t isa, const Problem& p, const T* w, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    if (isa == kAvx512) block_avx512<T, M>(p, w, n);
+    else if (isa == kAvx2) block_avx2<T, M>(p, w, n);
+    else block_scalar<T, M>(p, w, n);
+  }
+}
+
+bool isa_supported(int64_t isa) {
+  __builtin_cpu_init();
+  if (isa == kAvx512) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  if (isa == kAvx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return isa == kScalar;
+}
+
+template <typename T>
+at::Tensor gemv(const at::Tensor& weight, const at::Tensor* scale, const at::Tensor& x, int64_t isa) {
+  TORCH_CHECK(weight.device().is_cpu() && x.device().is_cpu(), "sc2 gemv: CPU tensors only");
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), "sc2 gemv: the weight must be a contiguous 2-D tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.size(1) == weight.size(1) && x.stride(1) == 1,
+              "sc2 gemv: x must be float32 [M, K] with contiguous rows, K = the weight's columns");
+  TORCH_CHECK(isa_supported(isa), "sc2 gemv: this CPU cannot run instruction set ", isa);
+  const int64_t N = weight.size(0), M = x.size(0);
+  if (scale) {
+    TORCH_CHECK(scale->scalar_type() == at::kFloat && scale->is_contiguous() && scale->numel() == N,
+                "sc2 gemv: the scale must be float32 [N], one per weight row");
+  }
+  at::Tensor out = at::empty({M, N}, x.options());
+  const T* w = reinterpret_cast<const T*>(weight.data_ptr());
+  // Each thread takes whole weight rows, at least ~64 KB of them: less, and handing out the work costs more
+  // than doing it.
+  const int64_t grain = std::max<int64_t>(1, (64 * 1024) / std::max<int64_t>(1, weight.size(1) * sizeof(T)));
+  for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
+    const Problem p{weight.size(1), x.stride(0), N, x.data_ptr<float>() + m0 * x.stride(0),
+                    scale ? scale->data_ptr<float>() : nullptr, out.data_ptr<float>() + m0 * N};
+    const int64_t count = std::min(kMaxRows, M - m0);
+    at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+      switch (count) {
+        case 1: rows<T, 1>(isa, p, w, n0, n1); break;
+        case 2: rows<T, 2>(isa, p, w, n0, n1); break;
+        case 3: rows<T, 3>(isa, p, w, n0, n1); break;
+        default: rows<T, 4>(isa, p, w, n0, n1); break;
+      }
+    });
+  }
+  return out;
+}
+
+at::Tensor bf16_gemv(const at::Tensor& weight, const at::Tensor& x, int64_t isa) {
+  TORCH_CHECK(weight.scalar_type() == at::kBFloat16, "sc2 bf16_gemv: the weight must be bfloat16");
+  return gemv<uint16_t>(weight, nullptr, x, isa);
+}
+
+at::Tensor int8_gemv(const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& x, int64_t isa) {
+  TORCH_CHECK(weight.scalar_type() == at::kChar, "sc2 int8_gemv: the weight must be int8");
+  return gemv<int8_t>(weight, &scale, x, isa);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(sc2, m) {
+  m.def("isa_supported(int isa) -> bool", [](int64_t isa) { return isa_supported(isa); });
+  m.def("bf16_gemv(Tensor weight, Tensor x, int isa) -> Tensor");
+  m.def("int8_gemv(Tensor weight, Tensor scale, Tensor x, int isa) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(sc2, CPU, m) {
+  m.impl("bf16_gemv", &bf16_gemv);
+  m.impl("int8_gemv", &int8_gemv);
+}

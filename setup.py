@@ -1,0 +1,26 @@
+"""The native decode kernels (sc2cli/kernels/gemv.cpp), built against the torch installed beside the package.
+
+They are optional: without a C++ compiler, or where the build has no torch to compile against (pip's isolated
+build environment; `make install` builds with --no-build-isolation), the package installs without them and runs
+on torch's own kernels (`sc2 info` says which). Everything else is declared in pyproject.toml.
+"""
+import sys
+
+from setuptools import setup
+
+ext_modules, cmdclass = [], {}
+try:
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+except ImportError:
+    print("sc2cli: torch is not importable in this build environment; the native decode kernels are left out "
+          "(install torch first and build with --no-build-isolation to have them)", file=sys.stderr)
+else:
+    ext_modules.append(CppExtension(
+        "sc2cli.kernels._gemv", ["sc2cli/kernels/gemv.cpp"],
+        # at::parallel_for runs on OpenMP only when this unit is compiled with it; at run time it shares the
+        # OpenMP runtime torch has already loaded (same soname), so the two never fight over the cores.
+        extra_compile_args=["-O3", "-std=c++20", "-fopenmp"], extra_link_args=["-fopenmp"],
+        optional=True))  # a failed build leaves the kernels out instead of failing the install
+    cmdclass["build_ext"] = BuildExtension.with_options(no_python_abi_suffix=True)
+
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
