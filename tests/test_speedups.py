@@ -398,14 +398,19 @@ def test_prompt_lookup_checks_drafts_and_gives_exactly_the_greedy_tokens(pair, m
     assert draft_passes > 0, "the repeated prompt should have produced drafts"
 
 
-@pytest.mark.parametrize("wide", ["float32", "onednn"])
-def test_a_prompt_row_has_the_same_numbers_alone_or_with_the_whole_prompt(wide):
+@pytest.mark.parametrize("wide, slice_bytes", [("float32", 8 << 20), ("float32", 100 * 128 * 4), ("onednn", None)],
+                         ids=["float32", "float32-sliced", "onednn"])
+def test_a_prompt_row_has_the_same_numbers_alone_or_with_the_whole_prompt(wide, slice_bytes, monkeypatch):
     """A server that reuses a cached prefix evaluates the rest of a prompt alone, often one token: its numbers
-    (and so the greedy tokens) must be those of the whole prompt's evaluation. Only decode steps use `mv`."""
+    (and so the greedy tokens) must be those of the whole prompt's evaluation. Only decode steps use `mv` or the
+    native kernel. "float32-sliced": the weight upcast 100 output rows at a time (256 = 100 + 100 + 56)."""
+    from sc2cli.model import linear
     from sc2cli.model.linear import FLOAT32_BLOCK, decode_step
 
     if wide == "onednn" and not (REAL_CPU.onednn_bf16 and torch.backends.mkldnn.is_available()):
         pytest.skip("this CPU has no oneDNN bf16 kernels")
+    if slice_bytes:
+        monkeypatch.setattr(linear, "FLOAT32_SLICE_BYTES", slice_bytes)
     gen = torch.Generator().manual_seed(3)
     kernel = Bf16Linear(torch.randn(256, 128, generator=gen).bfloat16(), torch.randn(256, generator=gen).bfloat16(),
                         wide)
@@ -417,3 +422,4 @@ def test_a_prompt_row_has_the_same_numbers_alone_or_with_the_whole_prompt(wide):
         one = kernel(prompt[:1])
         assert torch.equal(kernel(prompt[:1]), one)
     _check_bf16_product(one[None], F.linear(prompt[:1].double(), kernel.weight.double(), kernel.bias.double())[None])
+    _check_bf16_product(whole, F.linear(prompt.double(), kernel.weight.double(), kernel.bias.double()))

@@ -59,6 +59,8 @@ ROWS_PER_ROW_GEMV = 4
 # Rows per float32 GEMM on CPUs without bf16 arithmetic: always this many (the last block padded), so that a row's
 # result never depends on how many rows came with it (see `Bf16Linear`).
 FLOAT32_BLOCK = 64
+# ... and at most this many bytes of the weight are upcast to float32 at a time.
+FLOAT32_SLICE_BYTES = 8 << 20
 _decoding: contextvars.ContextVar[bool] = contextvars.ContextVar("sc2_decode_step", default=False)
 
 
@@ -119,13 +121,19 @@ class Bf16Linear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def _float32_blocks(self, rows: Tensor) -> Tensor:
-        weight = self.weight.float()
-        bias = self.bias.float() if self.bias is not None else None
         padded = -(-rows.shape[0] // FLOAT32_BLOCK) * FLOAT32_BLOCK
         inputs = torch.zeros(padded, self.in_features, dtype=torch.float32)
         inputs[: rows.shape[0]] = rows
-        blocks = [F.linear(block, weight, bias) for block in inputs.split(FLOAT32_BLOCK)]
-        return torch.cat(blocks)[: rows.shape[0]]
+        # The float32 copy is made a slice of output rows at a time: a whole one (the lm_head's is 200 MB on the
+        # ~180M shape) would raise the peak memory by its size at every prompt. The slices are fixed by the
+        # weight's shape alone, so a row's numbers still never depend on the other rows.
+        step = max(1, FLOAT32_SLICE_BYTES // (4 * self.in_features))
+        biases = self.bias.split(step) if self.bias is not None else [None] * -(-self.out_features // step)
+        outputs = []
+        for weight, bias in zip(self.weight.split(step), biases):
+            weight, bias = weight.float(), bias.float() if bias is not None else None
+            outputs.append(torch.cat([F.linear(block, weight, bias) for block in inputs.split(FLOAT32_BLOCK)]))
+        return torch.cat(outputs, dim=1)[: rows.shape[0]]
 
 
 def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
