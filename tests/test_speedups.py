@@ -25,9 +25,9 @@ from sc2cli.generation.decode import resolve_mode
 from sc2cli.generation.engine import StopConditions, generate, prefill
 from sc2cli.generation.lookup import PromptLookup
 from sc2cli.model.cache import KVCache
-from sc2cli.model.linear import (GEMV_ROWS, ROWS_PER_ROW_GEMV, Bf16Linear, Int8Linear, bf16_kernel, quantize_int8,
-                                 replacement)
-from sc2cli.model.transformer import Starcoder2ForCausalLM
+from sc2cli.model.linear import (GEMV_ROWS, ROWS_PER_ROW_GEMV, Bf16Linear, Int8Linear, bf16_kernel, decode_step,
+                                 quantize_int8, replacement)
+from sc2cli.model.transformer import Starcoder2Attention, Starcoder2ForCausalLM
 
 REAL_CPU = devices.cpu_capability()
 X86_INT8 = any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm"))
@@ -138,10 +138,16 @@ def test_bfloat16_model_on_each_cpu_kind_stays_within_bf16_rounding(windowed, ca
             "onednn" if capability.onednn_bf16 else "float32"}
     assert got.dtype == torch.bfloat16
     assert (got.float() - plain.float()).abs().max().item() <= 2 ** -6 * plain.float().abs().max().item()
-    with torch.no_grad():  # one row: the mv branch
+    with torch.no_grad():  # one row: the GEMM branch of a prompt's last token
         one = model(ids[:, :1]).logits
         plain_one = Starcoder2ForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)(ids[:, :1]).logits
     assert (one.float() - plain_one.float()).abs().max().item() <= 2 ** -6 * plain_one.float().abs().max().item()
+    # A decode step: the native kernel (or mv) and, without bf16 arithmetic (AVX2), decode attention in float32.
+    attention = [m for m in model.modules() if isinstance(m, Starcoder2Attention)]
+    assert attention and {m.float32_decode_attention for m in attention} == {capability is AVX2_CPU}
+    with torch.no_grad(), decode_step():
+        step = model(ids[:, :1]).logits
+    assert (step.float() - plain_one.float()).abs().max().item() <= 2 ** -6 * plain_one.float().abs().max().item()
 
 
 def test_int8_weights_round_trip_within_half_a_step():
@@ -405,7 +411,7 @@ def test_a_prompt_row_has_the_same_numbers_alone_or_with_the_whole_prompt(wide, 
     (and so the greedy tokens) must be those of the whole prompt's evaluation. Only decode steps use `mv` or the
     native kernel. "float32-sliced": the weight upcast 100 output rows at a time (256 = 100 + 100 + 56)."""
     from sc2cli.model import linear
-    from sc2cli.model.linear import FLOAT32_BLOCK, decode_step
+    from sc2cli.model.linear import FLOAT32_BLOCK
 
     if wide == "onednn" and not (REAL_CPU.onednn_bf16 and torch.backends.mkldnn.is_available()):
         pytest.skip("this CPU has no oneDNN bf16 kernels")
