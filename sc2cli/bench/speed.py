@@ -119,7 +119,7 @@ def peer_engines(plan: BenchPlan) -> list[str]:
             names += [e for e in LLAMA_CPP_ENGINES if e == "llama.cpp" or "sc2-int8" in plan.variants]
         else:
             names.append(peer)
-            if peer == "transformers" and "sc2-avx2" in plan.variants:
+            if peer == "transformers" and any(v in CAPPED_AT_AVX2 for v in plan.variants):
                 names.append("transformers-avx2")
     return names
 

@@ -81,7 +81,8 @@ def render_table(doc: dict) -> str:
         "cells: median (min–max); ratio = sc2 median / peer median (tok/s: higher is better; s, MB: lower); "
         "sc2 = the checkpoint's bf16 weights on CPU, CUDA-graph decode on CUDA; sc2-int8 = --quantize int8; "
         "sc2-avx2 / transformers-avx2 = every library capped at AVX2 (transformers in float32, its best there); "
-        "sc2-mv / sc2-avx2-mv = without sc2's native decode kernels (torch's mv); "
+        "sc2-mv / sc2-avx2-mv = without sc2's native decode kernels (torch's mv); sc2-avx2-int8 = --quantize int8 "
+        "capped at AVX2; "
         "sc2-eager = no CUDA graph; sc2-compile = torch.compile + CUDA graph; llama.cpp = a GGUF of the same weights "
         "at the same precision, llama.cpp-q8_0 = Q8_0 (set against sc2-int8)",
         *[f"llama.cpp built with: {_features(build)}" for build in sorted(builds)],

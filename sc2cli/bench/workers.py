@@ -29,13 +29,14 @@ SC2_VARIANTS = {
     # The same without sc2's native decode kernels (SC2_KERNELS=off: torch's `mv`), to measure what they add.
     "sc2-mv": {"quantize": "none", "decode": "auto", "native_kernels": False},
     "sc2-avx2-mv": {"quantize": "none", "decode": "auto", "cpu": "avx2", "native_kernels": False},
+    "sc2-avx2-int8": {"quantize": "int8", "decode": "auto", "cpu": "avx2"},
 }
 PEERS = ("transformers", "llama.cpp")
 # What an AVX2 CPU would run, on a CPU above it: every library the engines use capped at AVX2 by its own switch
 # (torch's kernels, oneDNN, MKL, fbgemm). transformers runs there at float32, its best dtype without bf16 arithmetic.
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
             "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"}
-CAPPED_AT_AVX2 = ("sc2-avx2", "sc2-avx2-mv", "transformers-avx2")
+CAPPED_AT_AVX2 = ("sc2-avx2", "sc2-avx2-mv", "sc2-avx2-int8", "transformers-avx2")
 # The llama.cpp peers: the GGUF at the benchmark's precision, and Q8_0 (set against sc2-int8) when that variant runs.
 LLAMA_CPP_ENGINES = ("llama.cpp", "llama.cpp-q8_0")
 ENGINES = (*SC2_VARIANTS, "transformers", "transformers-avx2", *LLAMA_CPP_ENGINES)
