@@ -161,6 +161,18 @@ def test_int8_weights_round_trip_within_half_a_step():
     assert bool((q[3] == 0).all())
 
 
+def test_int8_quantization_by_slices_equals_the_whole_matrix_at_once(monkeypatch):
+    """The load quantizes a few rows at a time (bounded memory); each row's numbers are its own."""
+    from sc2cli.model import linear
+
+    weight = torch.randn(50, 80, generator=torch.Generator().manual_seed(1)).bfloat16()
+    whole = quantize_int8(weight)
+    monkeypatch.setattr(linear, "FLOAT32_SLICE_BYTES", 7 * 80 * 4)  # 7 rows a slice: 50 = 7 * 7 + 1
+    sliced = quantize_int8(weight)
+    assert torch.equal(whole[0], sliced[0]) and torch.equal(whole[1], sliced[1])
+    assert (whole[0].float() * whole[1][:, None] - weight.float()).abs().max() <= whole[1].max() / 2 + 1e-7
+
+
 # fbgemm rounds the activations to 8 bits where the CPU has VNNI and to 7 bits (`reduce_range`) where it would
 # otherwise saturate its 16-bit pair sums. Each branch is forced; the full-range one only runs where it is exact.
 INT8_BRANCHES = {"vnni": AVX512_VNNI_CPU, "no-vnni": AVX2_CPU}

@@ -137,11 +137,20 @@ class Bf16Linear(nn.Module):
 
 
 def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """(int8 weight, float32 per-row scale) with weight ~= q * scale[:, None]; all-zero rows get scale 1."""
-    w = weight.detach().float()
-    scale = w.abs().amax(dim=1) / 127.0
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    """(int8 weight, float32 per-row scale) with weight ~= q * scale[:, None]; all-zero rows get scale 1.
+
+    Done `FLOAT32_SLICE_BYTES` of float32 rows at a time: the whole matrix in float32, with its temporaries,
+    was several times the lm_head's size at the load's peak."""
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    step = max(1, FLOAT32_SLICE_BYTES // (4 * weight.shape[1]))
+    for start in range(0, weight.shape[0], step):
+        rows = slice(start, start + step)
+        w = weight[rows].detach().float()
+        s = w.abs().amax(dim=1) / 127.0
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        q[rows] = torch.round(w / s[:, None]).clamp_(-127, 127).to(torch.int8)
+        scale[rows] = s
     return q, scale
 
 
