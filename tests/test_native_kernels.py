@@ -166,3 +166,19 @@ def test_turned_off_the_model_runs_on_torchs_kernels():
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SC2_KERNELS": "off"},
                          capture_output=True, text=True, timeout=120, check=True).stdout.split()
     assert out[0] == "False" and "SC2_KERNELS=off" in " ".join(out) and out[-1] in ("None", "True")
+
+
+@pytest.mark.slow
+def test_a_build_without_a_compiler_installs_without_the_kernels(tmp_path):
+    """setup.py: a kernel build that fails leaves the kernels out with a warning, and the build still succeeds."""
+    root = kernels.LIBRARY.parents[2]
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(root / name, tmp_path / name)
+    (tmp_path / "sc2cli" / "kernels").mkdir(parents=True)
+    shutil.copy(root / "sc2cli" / "kernels" / "gemv.cpp", tmp_path / "sc2cli" / "kernels" / "gemv.cpp")
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "CC": str(tmp_path / "no-such-cc")}
+    done = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "the native decode kernels were not built" in done.stderr
+    assert not list((tmp_path / "sc2cli" / "kernels").glob("_gemv*.so"))
