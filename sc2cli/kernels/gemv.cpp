@@ -84,6 +84,8 @@ constexpr int kSums = 2;
 // and a row of a decode-sized matrix is 1-8 KB long (measured: int8 10.5 -> 15 GB/s on two cores; bf16 gains less).
 constexpr int64_t kPrefetchBytes = 2048;
 
+// block_avx2 and block_avx512 are the same loop at two vector widths. They stay two functions: gcc inlines the
+// intrinsics only into a function that carries their target attribute, so one template for both cannot be written.
 template <typename T, int M>
 __attribute__((target("avx2,fma"))) void block_avx2(const Problem& p, const T* w, int64_t n) {
   __m256 acc[kSums][M];
