@@ -63,13 +63,9 @@ corpus: $(STAMP)
 # Reproduces the shipped model from scratch (its recipe is `sc2 train`'s defaults, 5000 steps): about 5.3 hours
 # on a 2-core CPU (2,150 tokens/s), resumable (run it again to continue); add `--device cuda` to the train line on
 # a GPU (2-3 minutes on an H100).
-# The shipped model's two stages: the standard library (5,000 steps), then the corpus (1,800 steps; README).
 tiny-model: $(STAMP)
 	$(BIN)/sc2 train stdlib --out runs/sc2-tiny
-	test -d $(CORPUS) || $(MAKE) corpus
-	$(BIN)/sc2 train $(CORPUS) --init runs/sc2-tiny --out runs/sc2-tiny-2 --max-steps 1800 --lr 5e-4 \
-		--warmup-steps 100
-	$(BIN)/python -m sc2cli.train export runs/sc2-tiny-2 sc2cli/shipped/sc2-tiny
+	$(BIN)/python -m sc2cli.train export runs/sc2-tiny sc2cli/shipped/sc2-tiny
 
 clean:
 	rm -rf $(VENV) build *.egg-info
