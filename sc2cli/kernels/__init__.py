@@ -2,8 +2,7 @@
 
 They are built with the package when a C++ compiler and torch are there (setup.py) and are optional: where the
 library is missing, does not load (built against another torch) or is turned off (SC2_KERNELS=off),
-`available()` is False, `unavailable_reason()`
-says why, and the model layer keeps torch's own kernels.
+`available()` is False, `unavailable_reason()` says why, and the model layer keeps torch's own kernels.
 
 The instruction set is the caller's choice (`isa_for`, from `devices.cpu_capability`), so that a test can force
 each branch and a capped benchmark (ATEN_CPU_CAPABILITY=avx2) runs the AVX2 code on an AVX-512 CPU.

@@ -222,30 +222,31 @@ class Starcoder2PreTrainedModel(nn.Module):
         pass
 
     def prepare_for_inference(self, quantize: str = "none") -> "Starcoder2PreTrainedModel":
-        """Eval mode and fused q/k/v projections (the weights keep their checkpoint names for saving); then, where
-        a faster kernel exists for the device and dtype or `quantize` asks for int8, the decoder's and the
-        lm_head's linear layers are replaced by it (see `linear.py`) and the model becomes inference-only."""
+        """Eval mode, fused q/k/v projections (the weights keep their checkpoint names for saving) and, on CPUs
+        without bf16 arithmetic, decode attention in float32; then, where a faster kernel exists for the device
+        and dtype or `quantize` asks for int8, the decoder's and the lm_head's linear layers are replaced by it
+        (see `linear.py`) and the model becomes inference-only."""
         from .linear import QUANTIZE_CHOICES, bf16_kernel
 
         if quantize not in QUANTIZE_CHOICES:
             raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, not {quantize!r}")
         self.eval()
+        products = bf16_kernel(self.device, self.dtype)
         for module in self.modules():
             if isinstance(module, Starcoder2Attention):
                 module.fuse_qkv()
-        if quantize != "none" or bf16_kernel(self.device, self.dtype):
+                module.float32_decode_attention = products == "float32"
+        if quantize != "none" or products:
             self._swap_linear_kernels(quantize)
         return self
 
     def _swap_linear_kernels(self, quantize: str) -> None:
-        from .linear import bf16_kernel, replacement
+        from .linear import replacement
 
         embedding = next((m.weight for m in self.modules() if isinstance(m, nn.Embedding)), None)
         self.inference_only = True
-        no_bf16_arithmetic = bf16_kernel(self.device, self.dtype) == "float32"
         for module in list(self.modules()):
             if isinstance(module, Starcoder2Attention):
-                module.float32_decode_attention = no_bf16_arithmetic
                 kernel = replacement(module.qkv_weight, module.qkv_bias, quantize)
                 if kernel is not None:
                     module.qkv_kernel = kernel
