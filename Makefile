@@ -11,7 +11,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 
 .PHONY: install test test-quick lint-imports run completions corpus tiny-model clean
 
-$(STAMP): pyproject.toml setup.py sc2cli/kernels/gemv.cpp
+$(STAMP): pyproject.toml setup.py $(wildcard sc2cli/kernels/*.cpp sc2cli/kernels/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU wheel of torch lies on disk; installing the pin first keeps pip from pulling a CUDA build.

@@ -1,4 +1,4 @@
-"""The native decode kernels (sc2cli/kernels/gemv.cpp), built against the torch installed beside the package.
+"""The native decode kernels (sc2cli/kernels/*.cpp), built against the torch installed beside the package.
 
 They are optional: without a C++ compiler, or where the build has no torch to compile against (pip's isolated
 build environment; `make install` builds with --no-build-isolation), the package installs without them and runs
@@ -27,7 +27,7 @@ else:
                       "run on torch's kernels", file=sys.stderr)
 
     ext_modules.append(CppExtension(
-        "sc2cli.kernels._gemv", ["sc2cli/kernels/gemv.cpp"],
+        "sc2cli.kernels._kernels", ["sc2cli/kernels/gemv.cpp", "sc2cli/kernels/attention.cpp"],
         # at::parallel_for runs on OpenMP only when this unit is compiled with it; at run time it shares the
         # OpenMP runtime torch has already loaded (same soname), so the two never fight over the cores.
         extra_compile_args=["-O3", "-std=c++20", "-fopenmp"], extra_link_args=["-fopenmp"],

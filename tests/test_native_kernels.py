@@ -83,6 +83,22 @@ def test_a_rows_numbers_do_not_depend_on_the_other_rows_or_the_threads(isa):
         torch.set_num_threads(threads)
 
 
+@ISA_PARAMS
+def test_the_bias_is_added_in_float32_and_the_result_rounded_once_to_the_rows_dtype(isa):
+    """What a 16-bit F.linear with a bias computes: one rounding of the float32 sum, not two."""
+    isa = _isa(isa)
+    x, bf16, q, scale = _case(3)
+    bias = torch.randn(bf16.shape[0], generator=torch.Generator().manual_seed(1)).bfloat16()
+    exact = x.bfloat16().double() @ bf16.double().T + bias.double()
+    got = kernels.bf16_gemv(bf16, x.bfloat16(), isa, bias)
+    assert got.dtype == torch.bfloat16
+    assert (got.double() - exact).abs().max().item() <= 2 ** -8 * exact.abs().max().item()
+    wide = kernels.bf16_gemv(bf16, x.bfloat16().float(), isa, bias)  # float32 rows: float32 out, bias included
+    assert wide.dtype == torch.float32 and torch.equal(got, wide.bfloat16())
+    assert torch.equal(kernels.bf16_gemv(bf16, x.bfloat16().float(), isa, bias.float()), wide)
+    _close(kernels.int8_gemv(q, scale, x, isa, bias), (x.double() @ q.double().T) * scale.double() + bias.double())
+
+
 def test_bad_inputs_raise_errors_not_crashes():
     isa = _isa("scalar")
     x, bf16, q, scale = _case(1)
@@ -94,6 +110,8 @@ def test_bad_inputs_raise_errors_not_crashes():
         kernels.int8_gemv(q, scale[:-1], x, isa)
     with pytest.raises(RuntimeError, match="contiguous"):
         kernels.bf16_gemv(bf16.T, x[:, :37], isa)
+    with pytest.raises(RuntimeError, match="one per weight row"):
+        kernels.bf16_gemv(bf16, x, isa, torch.zeros(3))
 
 
 def test_the_instruction_set_follows_torchs_dispatch_level():
@@ -107,9 +125,10 @@ def test_the_instruction_set_follows_torchs_dispatch_level():
 
 
 def _spy(monkeypatch, name: str) -> list:
+    """Records the instruction set of every call to kernels.`name`."""
     calls = []
     real = getattr(kernels, name)
-    monkeypatch.setattr(kernels, name, lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(kernels, name, lambda *a: calls.append(next(v for v in a if isinstance(v, str))) or real(*a))
     return calls
 
 
@@ -151,7 +170,7 @@ def test_int8_linear_decodes_on_the_native_kernel_with_float32_activations(isa, 
 def test_replacement_picks_the_native_kernel_where_it_runs():
     weight = torch.randn(8, 16).bfloat16()
     chosen = linear.replacement(weight, None, "none")
-    expected = linear.native_gemv_isa(weight.device)
+    expected = linear.native_kernel_isa(weight.device)
     if chosen is not None:
         assert chosen.gemv_isa == expected
     assert linear.replacement(weight, None, "int8").gemv_isa == expected
@@ -175,10 +194,123 @@ def test_a_build_without_a_compiler_installs_without_the_kernels(tmp_path):
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy(root / name, tmp_path / name)
     (tmp_path / "sc2cli" / "kernels").mkdir(parents=True)
-    shutil.copy(root / "sc2cli" / "kernels" / "gemv.cpp", tmp_path / "sc2cli" / "kernels" / "gemv.cpp")
+    for source in [*(root / "sc2cli" / "kernels").glob("*.cpp"), *(root / "sc2cli" / "kernels").glob("*.h")]:
+        shutil.copy(source, tmp_path / "sc2cli" / "kernels" / source.name)
     env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "CC": str(tmp_path / "no-such-cc")}
     done = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "the native decode kernels were not built" in done.stderr
-    assert not list((tmp_path / "sc2cli" / "kernels").glob("_gemv*.so"))
+    assert not list((tmp_path / "sc2cli" / "kernels").glob("_kernels*.so"))
+
+
+# ---- decode attention ----------------------------------------------------------------------------------------------
+
+EXCLUDED = torch.finfo(torch.bfloat16).min  # what the cache's masks put on empty, padding and out-of-window slots
+
+
+def _attention_case(dtype, dim=64, batch=2, heads=8, kv_heads=2, length=37, seed=0):
+    """q [B, H, D] and a cache slice [B, KV, L, D] out of a longer ring (strided, as the model passes it); row 0's
+    mask excludes four keys, row 1's adds a penalty to the last four."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, dim, generator=gen).to(dtype)
+    keys = torch.randn(batch, kv_heads, length + 5, dim, generator=gen).to(dtype)[:, :, :length]
+    values = torch.randn(batch, kv_heads, length + 5, dim, generator=gen).to(dtype)[:, :, :length]
+    mask = torch.zeros(batch, length)
+    mask[0, 3:7] = EXCLUDED
+    mask[1, -4:] = -1.5
+    return q, keys, values, mask.to(dtype)
+
+
+def _attention_exact(q, keys, values, mask, scale):
+    group = q.shape[1] // keys.shape[1]
+    k, v = keys.double().repeat_interleave(group, 1), values.double().repeat_interleave(group, 1)
+    scores = torch.einsum("bhd,bhld->bhl", q.double(), k) * scale
+    if mask is not None:
+        scores = scores + mask.double()[:, None]
+    return torch.einsum("bhl,bhld->bhd", scores.softmax(-1), v)
+
+
+@ISA_PARAMS
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dim", [64, 72, 128])  # 72: no AVX-512 vector body (the scalar loops run)
+def test_decode_attention_of_each_instruction_set(isa, dtype, dim):
+    isa = _isa(isa)
+    q, keys, values, mask = _attention_case(dtype, dim)
+    scale = dim ** -0.5
+    # float32: float32 sums (measured ~3e-7); bf16: the output's one rounding (2^-8 of its size).
+    bound = 1e-5 if dtype == torch.float32 else 2 ** -8
+    for m in (mask, mask[:1], None):  # per row, one for every row, none
+        got = kernels.decode_attention(q, keys, values, m, scale, isa)
+        exact = _attention_exact(q, keys, values, m, scale)
+        assert got.dtype == dtype and got.shape == q.shape
+        assert (got.double() - exact).abs().max().item() <= bound * exact.abs().max().item()
+
+
+@ISA_PARAMS
+def test_excluded_keys_are_never_read(isa):
+    """A slot the mask excludes may hold anything (an empty ring slot, another prompt's key): NaN there changes
+    nothing, and the result is that of the cache without those slots."""
+    isa = _isa(isa)
+    q, keys, values, mask = _attention_case(torch.bfloat16)
+    keys, values = keys.clone(), values.clone()
+    keys[0, :, 3:7], values[0, :, 3:7] = float("nan"), float("nan")
+    got = kernels.decode_attention(q[:1], keys[:1], values[:1], mask[:1], 0.125, isa)
+    kept = [j for j in range(keys.shape[2]) if not 3 <= j < 7]
+    alone = kernels.decode_attention(q[:1], keys[:1, :, kept], values[:1, :, kept], mask[:1, kept], 0.125, isa)
+    assert torch.equal(got, alone)
+
+
+@ISA_PARAMS
+def test_a_rows_attention_does_not_depend_on_the_other_rows_or_the_threads(isa):
+    isa = _isa(isa)
+    q, keys, values, mask = _attention_case(torch.bfloat16, batch=3, kv_heads=4)
+    together = kernels.decode_attention(q, keys, values, mask, 0.125, isa)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for i in range(3):
+            row = slice(i, i + 1)
+            assert torch.equal(kernels.decode_attention(q[row], keys[row], values[row], mask[row], 0.125, isa),
+                               together[row])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_decode_attention_refuses_bad_inputs_with_a_message():
+    isa = _isa("scalar")
+    q, keys, values, mask = _attention_case(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="multiple of KV"):
+        kernels.decode_attention(q[:, :7], keys, values, mask, 0.125, isa)
+    with pytest.raises(RuntimeError, match="bfloat16 or float32"):
+        kernels.decode_attention(q, keys.half(), values.half(), mask, 0.125, isa)
+    with pytest.raises(RuntimeError, match="additive floating-point"):
+        kernels.decode_attention(q, keys, values, mask[:, :-1], 0.125, isa)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        kernels.decode_attention(q, keys.transpose(2, 3), values.transpose(2, 3), None, 0.125, isa)
+
+
+@ISA_PARAMS
+def test_a_prepared_bf16_model_decodes_attention_on_the_native_kernel(isa, tmp_path, monkeypatch):
+    """Steps past the sliding window (the mask excludes keys) through the static step, against the same model
+    with torch's attention in float32: the same numbers up to bf16 rounding, the same greedy tokens."""
+    isa = _isa(isa)
+    from oracle import WINDOW, random_prompt, windowed_pair
+
+    from sc2cli.generation.engine import StopConditions, generate
+    from sc2cli.model.transformer import Starcoder2Attention, Starcoder2ForCausalLM
+
+    windowed_pair(tmp_path)
+    monkeypatch.setattr(linear, "native_kernel_isa", lambda device: isa)
+    model = Starcoder2ForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).prepare_for_inference()
+    attention = [m for m in model.modules() if isinstance(m, Starcoder2Attention)]
+    assert attention and {m.decode_attention_isa for m in attention} == {isa}
+    calls = _spy(monkeypatch, "decode_attention")
+    prompt = [random_prompt(WINDOW - 4, seed=2)]
+    stop = StopConditions(token_ids=frozenset(), max_new_tokens=2 * WINDOW)
+    native = generate(model, None, prompt, stop=stop, decode="static")[0]
+    assert calls and set(calls) == {isa}
+    for m in attention:
+        m.decode_attention_isa, m.float32_decode_attention = None, True
+    plain = generate(model, None, prompt, stop=stop, decode="static")[0]
+    assert native.tokens == plain.tokens

@@ -26,7 +26,7 @@ from sc2cli.generation.engine import StopConditions, generate, prefill
 from sc2cli.generation.lookup import PromptLookup
 from sc2cli.model.cache import KVCache
 from sc2cli.model.linear import (GEMV_ROWS, ROWS_PER_ROW_GEMV, Bf16Linear, Int8Linear, bf16_kernel, decode_step,
-                                 quantize_int8, replacement)
+                                 native_kernel_isa, quantize_int8, replacement)
 from sc2cli.model.transformer import Starcoder2Attention, Starcoder2ForCausalLM
 
 REAL_CPU = devices.cpu_capability()
@@ -142,9 +142,11 @@ def test_bfloat16_model_on_each_cpu_kind_stays_within_bf16_rounding(windowed, ca
         one = model(ids[:, :1]).logits
         plain_one = Starcoder2ForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)(ids[:, :1]).logits
     assert (one.float() - plain_one.float()).abs().max().item() <= 2 ** -6 * plain_one.float().abs().max().item()
-    # A decode step: the native kernel (or mv) and, without bf16 arithmetic (AVX2), decode attention in float32.
+    # A decode step: the native kernels (attention and products) where they run here; without them, torch's mv and,
+    # without bf16 arithmetic (AVX2), decode attention in float32.
     attention = [m for m in model.modules() if isinstance(m, Starcoder2Attention)]
     assert attention and {m.float32_decode_attention for m in attention} == {capability is AVX2_CPU}
+    assert {m.decode_attention_isa for m in attention} == {native_kernel_isa(model.device)}
     with torch.no_grad(), decode_step():
         step = model(ids[:, :1]).logits
     assert (step.float() - plain_one.float()).abs().max().item() <= 2 ** -6 * plain_one.float().abs().max().item()

@@ -1,4 +1,5 @@
-"""sc2's native decode kernels (`gemv.cpp`): a few float32 rows times bf16 or int8 weights, at the memory's speed.
+"""sc2's native decode kernels: a few rows times bf16 or int8 weights at the memory's speed (`gemv.cpp`), and one
+query per row over the KV cache (`attention.cpp`).
 
 They are built with the package when a C++ compiler and torch are there (setup.py) and are optional: where the
 library is missing, does not load (built against another torch) or is turned off (SC2_KERNELS=off),
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 ISAS = ("scalar", "avx2", "avx512")  # the codes the library takes: 0, 1, 2
-LIBRARY = Path(__file__).with_name("_gemv.so")
+LIBRARY = Path(__file__).with_name("_kernels.so")
 _ops = None  # torch.ops.sc2, once the library is loaded
 SWITCH = "SC2_KERNELS"  # "off": torch's kernels only (to compare, or to rule the native ones out)
 
@@ -65,11 +66,17 @@ def runs_here(isa: str) -> bool:
     return available() and bool(_ops.isa_supported(ISAS.index(isa)))
 
 
-def bf16_gemv(weight: Tensor, x: Tensor, isa: str) -> Tensor:
-    """x [M, K] (any float dtype) times weight [N, K] (bf16) transposed: float32 [M, N]."""
-    return _ops.bf16_gemv(weight, x.float(), ISAS.index(isa))
+def bf16_gemv(weight: Tensor, x: Tensor, isa: str, bias: Tensor | None = None) -> Tensor:
+    """x [M, K] times weight [N, K] (bf16) transposed, plus bias [N]: summed in float32, rounded once to x's dtype."""
+    return _ops.bf16_gemv(weight, x, bias, ISAS.index(isa))
 
 
-def int8_gemv(weight: Tensor, scale: Tensor, x: Tensor, isa: str) -> Tensor:
-    """x [M, K] times (weight [N, K] int8 * scale [N, 1]) transposed: float32 [M, N]."""
-    return _ops.int8_gemv(weight, scale, x.float(), ISAS.index(isa))
+def int8_gemv(weight: Tensor, scale: Tensor, x: Tensor, isa: str, bias: Tensor | None = None) -> Tensor:
+    """x [M, K] times (weight [N, K] int8 * scale [N, 1]) transposed, plus bias [N]: as `bf16_gemv`."""
+    return _ops.int8_gemv(weight, scale, x, bias, ISAS.index(isa))
+
+
+def decode_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, scale: float, isa: str) -> Tensor:
+    """One query per row and head, q [B, H, D], over a bf16 or float32 cache [B, KV, L, D] (H a multiple of KV),
+    with an additive mask [B or 1, L] or None, in float32: [B, H, D] in q's dtype (see attention.cpp)."""
+    return _ops.decode_attention(q, keys, values, mask, scale, ISAS.index(isa))

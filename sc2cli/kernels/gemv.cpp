@@ -1,5 +1,6 @@
-// The decode step's products: a few float32 rows x [M, K] times a weight [N, K] stored in 16 or 8 bits, summed
-// in float32: out[m, n] = scale[n] * sum_k w[n, k] * x[m, k] (scale: int8 weights only).
+// The decode step's products: a few rows x [M, K] times a weight [N, K] stored in 16 or 8 bits, summed in
+// float32: out[m, n] = scale[n] * sum_k w[n, k] * x[m, k] + bias[n] (scale: int8 weights only), rounded once to
+// x's dtype.
 //
 // A decode step multiplies every weight matrix by one vector per sequence, so its speed is how fast the weights
 // stream from memory. torch's bf16 matrix-vector kernel, capped at AVX2, streams about half of what the memory
@@ -17,62 +18,31 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
 #include <torch/library.h>
 
-#include <immintrin.h>
-
 #include <algorithm>
-#include <cstdint>
-#include <cstring>
 
+#include "simd.h"
+
+namespace sc2 {
 namespace {
 
 constexpr int64_t kMaxRows = 4;  // rows of x per pass over the weights (decode: one per sequence)
-enum Isa : int64_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
-
-inline float widen(uint16_t v) {
-  uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-inline float widen(int8_t v) { return static_cast<float>(v); }
-
-// 8 weights widened to float32 (AVX2), 16 (AVX-512).
-__attribute__((target("avx2,fma"))) inline __m256 load8(const uint16_t* p) {
-  __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
-}
-__attribute__((target("avx2,fma"))) inline __m256 load8(const int8_t* p) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-}
-__attribute__((target("avx512f,avx512bw"))) inline __m512 load16(const uint16_t* p) {
-  __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
-}
-__attribute__((target("avx512f,avx512bw"))) inline __m512 load16(const int8_t* p) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-}
-
-__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-__attribute__((target("avx512f,avx512bw"))) inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
 struct Problem {
   int64_t K, ldx, ldo;
   const float* x;      // [M, K], rows ldx apart
   const float* scale;  // [N] or nullptr
+  const float* bias;   // [N] or nullptr
   float* out;          // [M, N], rows ldo apart
 };
 
 template <typename T>
 inline void finish(const Problem& p, const T* w, int m, int64_t n, int64_t from, float sum) {
   for (int64_t k = from; k < p.K; ++k) sum += widen(w[n * p.K + k]) * p.x[m * p.ldx + k];
-  p.out[m * p.ldo + n] = p.scale ? sum * p.scale[n] : sum;
+  if (p.scale) sum *= p.scale[n];
+  p.out[m * p.ldo + n] = p.bias ? sum + p.bias[n] : sum;
 }
 
 // One weight row at a time, read front to back (one sequential stream for the prefetchers), with kSums
@@ -144,24 +114,27 @@ void rows(int64_t isa, const Problem& p, const T* w, int64_t n0, int64_t n1) {
   }
 }
 
-bool isa_supported(int64_t isa) {
-  __builtin_cpu_init();
-  if (isa == kAvx512) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  if (isa == kAvx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return isa == kScalar;
-}
-
 template <typename T>
-at::Tensor gemv(const at::Tensor& weight, const at::Tensor* scale, const at::Tensor& x, int64_t isa) {
-  TORCH_CHECK(weight.device().is_cpu() && x.device().is_cpu(), "sc2 gemv: CPU tensors only");
+at::Tensor gemv(const at::Tensor& weight, const at::Tensor* scale, const at::Tensor& x_in,
+                const c10::optional<at::Tensor>& bias_in, int64_t isa) {
+  TORCH_CHECK(weight.device().is_cpu() && x_in.device().is_cpu(), "sc2 gemv: CPU tensors only");
   TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), "sc2 gemv: the weight must be a contiguous 2-D tensor");
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.size(1) == weight.size(1) && x.stride(1) == 1,
-              "sc2 gemv: x must be float32 [M, K] with contiguous rows, K = the weight's columns");
+  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()) && x_in.dim() == 2 && x_in.size(1) == weight.size(1),
+              "sc2 gemv: x must be floating-point [M, K], K = the weight's columns");
   TORCH_CHECK(isa_supported(isa), "sc2 gemv: this CPU cannot run instruction set ", isa);
-  const int64_t N = weight.size(0), M = x.size(0);
+  const int64_t N = weight.size(0), M = x_in.size(0);
   if (scale) {
     TORCH_CHECK(scale->scalar_type() == at::kFloat && scale->is_contiguous() && scale->numel() == N,
                 "sc2 gemv: the scale must be float32 [N], one per weight row");
+  }
+  // The rows, the bias and the sums in float32; the result rounded once to x's dtype (as a 16-bit F.linear
+  // with its bias rounds it). Converting here costs a fraction of a torch call from Python, per product.
+  const at::Tensor x = x_in.scalar_type() == at::kFloat && x_in.stride(1) == 1 ? x_in : x_in.to(at::kFloat).contiguous();
+  at::Tensor bias;
+  if (bias_in.has_value()) {
+    TORCH_CHECK(bias_in->numel() == N && at::isFloatingType(bias_in->scalar_type()),
+                "sc2 gemv: the bias must be floating-point [N], one per weight row");
+    bias = bias_in->to(at::kFloat).contiguous();
   }
   at::Tensor out = at::empty({M, N}, x.options());
   const T* w = reinterpret_cast<const T*>(weight.data_ptr());
@@ -170,7 +143,8 @@ at::Tensor gemv(const at::Tensor& weight, const at::Tensor* scale, const at::Ten
   const int64_t grain = std::max<int64_t>(1, (64 * 1024) / std::max<int64_t>(1, weight.size(1) * sizeof(T)));
   for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
     const Problem p{weight.size(1), x.stride(0), N, x.data_ptr<float>() + m0 * x.stride(0),
-                    scale ? scale->data_ptr<float>() : nullptr, out.data_ptr<float>() + m0 * N};
+                    scale ? scale->data_ptr<float>() : nullptr, bias.defined() ? bias.data_ptr<float>() : nullptr,
+                    out.data_ptr<float>() + m0 * N};
     const int64_t count = std::min(kMaxRows, M - m0);
     at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
       switch (count) {
@@ -181,28 +155,31 @@ at::Tensor gemv(const at::Tensor& weight, const at::Tensor* scale, const at::Ten
       }
     });
   }
-  return out;
+  return x_in.scalar_type() == at::kFloat ? out : out.to(x_in.scalar_type());
 }
 
-at::Tensor bf16_gemv(const at::Tensor& weight, const at::Tensor& x, int64_t isa) {
+at::Tensor bf16_gemv(const at::Tensor& weight, const at::Tensor& x, const c10::optional<at::Tensor>& bias,
+                     int64_t isa) {
   TORCH_CHECK(weight.scalar_type() == at::kBFloat16, "sc2 bf16_gemv: the weight must be bfloat16");
-  return gemv<uint16_t>(weight, nullptr, x, isa);
+  return gemv<uint16_t>(weight, nullptr, x, bias, isa);
 }
 
-at::Tensor int8_gemv(const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& x, int64_t isa) {
+at::Tensor int8_gemv(const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& x,
+                     const c10::optional<at::Tensor>& bias, int64_t isa) {
   TORCH_CHECK(weight.scalar_type() == at::kChar, "sc2 int8_gemv: the weight must be int8");
-  return gemv<int8_t>(weight, &scale, x, isa);
+  return gemv<int8_t>(weight, &scale, x, bias, isa);
 }
 
 }  // namespace
+}  // namespace sc2
 
 TORCH_LIBRARY(sc2, m) {
-  m.def("isa_supported(int isa) -> bool", [](int64_t isa) { return isa_supported(isa); });
-  m.def("bf16_gemv(Tensor weight, Tensor x, int isa) -> Tensor");
-  m.def("int8_gemv(Tensor weight, Tensor scale, Tensor x, int isa) -> Tensor");
+  m.def("isa_supported(int isa) -> bool", [](int64_t isa) { return sc2::isa_supported(isa); });
+  m.def("bf16_gemv(Tensor weight, Tensor x, Tensor? bias, int isa) -> Tensor");
+  m.def("int8_gemv(Tensor weight, Tensor scale, Tensor x, Tensor? bias, int isa) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sc2, CPU, m) {
-  m.impl("bf16_gemv", &bf16_gemv);
-  m.impl("int8_gemv", &int8_gemv);
+  m.impl("bf16_gemv", &sc2::bf16_gemv);
+  m.impl("int8_gemv", &sc2::int8_gemv);
 }

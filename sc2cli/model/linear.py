@@ -35,7 +35,7 @@ QUANTIZE_CHOICES = ("none", "int8")
 GEMV_ROWS = 16
 
 
-def native_gemv_isa(device: torch.device) -> str | None:
+def native_kernel_isa(device: torch.device) -> str | None:
     """The instruction set sc2's native decode kernels run here ("avx2", "avx512"), or None where they do not
     (another device, a CPU below AVX2, or the kernels not built: `kernels.unavailable_reason`)."""
     if device.type != "cpu" or not kernels.available():
@@ -106,10 +106,7 @@ class Bf16Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         count = rows.shape[0]
         if _decoding.get() and self.gemv_isa and count <= ROWS_PER_ROW_GEMV:
-            out = kernels.bf16_gemv(self.weight, rows, self.gemv_isa)
-            if self.bias is not None:
-                out = out + self.bias
-            out = out.to(x.dtype)
+            out = kernels.bf16_gemv(self.weight, rows, self.gemv_isa, self.bias)
         elif _decoding.get() and (count == 1 or (self.wide == "float32" and count <= ROWS_PER_ROW_GEMV)):
             out = torch.stack([torch.mv(self.weight, row) for row in rows])
             if self.bias is not None:
@@ -214,10 +211,8 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features)
         if _decoding.get() and self.gemv_isa and rows.shape[0] <= ROWS_PER_ROW_GEMV:
-            out = kernels.int8_gemv(self.weight_int8, self.gemv_scale, rows, self.gemv_isa)
-            if self.bias is not None:
-                out = out + self.bias
-            return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+            out = kernels.int8_gemv(self.weight_int8, self.gemv_scale, rows, self.gemv_isa, self.bias)
+            return out.reshape(*x.shape[:-1], self.out_features)
         if self.x86_packed is not None:
             blocks = rows.float().split(GEMV_ROWS)
             dynamic = torch.ops.quantized.linear_dynamic
@@ -238,7 +233,7 @@ class Int8Linear(nn.Module):
 
 def replacement(weight: Tensor, bias: Tensor | None, quantize: str) -> nn.Module | None:
     """The faster module for this weight and bias, or None where plain `F.linear` is the best there is."""
-    gemv_isa = native_gemv_isa(weight.device)
+    gemv_isa = native_kernel_isa(weight.device)
     if quantize == "int8":
         return Int8Linear(weight, bias, weight.dtype, gemv_isa)
     wide = bf16_kernel(weight.device, weight.dtype)

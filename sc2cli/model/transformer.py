@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import kernels
 from .cache import CAUSAL, KVCache, attention_mask
 from .config import HIDDEN_ACTS, Starcoder2Config
 from .pages import release_checkpoint_pages
@@ -33,8 +34,10 @@ class ModelOutput:
 
 
 class Starcoder2Attention(nn.Module):
-    # Decode attention of a 16-bit model in float32 (set by `prepare_for_inference` on CPUs without bf16
-    # arithmetic, see `grouped_single_query_attention`).
+    # How a bf16 model's decode attention runs on CPU, set by `prepare_for_inference`: through sc2's native kernel
+    # (its instruction set: `kernels.decode_attention`), else, on CPUs without bf16 arithmetic, in float32 (see
+    # `grouped_single_query_attention`).
+    decode_attention_isa: str | None = None
     float32_decode_attention = False
 
     def __init__(self, config: Starcoder2Config, layer_idx: int) -> None:
@@ -63,6 +66,10 @@ class Starcoder2Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         causal = isinstance(mask, str)
+        if length == 1 and self.decode_attention_isa and not self.training:
+            key_mask = None if causal or mask is None else mask.reshape(mask.shape[0], mask.shape[-1])
+            out = kernels.decode_attention(q[:, :, 0], k, v, key_mask, self.scaling, self.decode_attention_isa)
+            return F.dropout(self.o_proj(out.reshape(batch, 1, -1)), p=self.residual_dropout, training=self.training)
         if length == 1 and x.device.type == "cpu" and not self.training:
             out = grouped_single_query_attention(q, k, v, None if causal else mask, self.scaling,
                                                  float32=self.float32_decode_attention)
@@ -222,19 +229,22 @@ class Starcoder2PreTrainedModel(nn.Module):
         pass
 
     def prepare_for_inference(self, quantize: str = "none") -> "Starcoder2PreTrainedModel":
-        """Eval mode, fused q/k/v projections (the weights keep their checkpoint names for saving) and, on CPUs
-        without bf16 arithmetic, decode attention in float32; then, where a faster kernel exists for the device
-        and dtype or `quantize` asks for int8, the decoder's and the lm_head's linear layers are replaced by it
-        (see `linear.py`) and the model becomes inference-only."""
-        from .linear import QUANTIZE_CHOICES, bf16_kernel
+        """Eval mode, fused q/k/v projections (the weights keep their checkpoint names for saving) and a bf16
+        model's decode attention on CPU through sc2's native kernel (or, without it, in float32 on CPUs without
+        bf16 arithmetic); then, where a faster kernel exists for the device and dtype or `quantize` asks for
+        int8, the decoder's and the lm_head's linear layers are replaced by it (see `linear.py`) and the model
+        becomes inference-only."""
+        from .linear import QUANTIZE_CHOICES, bf16_kernel, native_kernel_isa
 
         if quantize not in QUANTIZE_CHOICES:
             raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, not {quantize!r}")
         self.eval()
         products = bf16_kernel(self.device, self.dtype)
+        attention_isa = native_kernel_isa(self.device) if self.dtype == torch.bfloat16 else None
         for module in self.modules():
             if isinstance(module, Starcoder2Attention):
                 module.fuse_qkv()
+                module.decode_attention_isa = attention_isa
                 module.float32_decode_attention = products == "float32"
         if quantize != "none" or products:
             self._swap_linear_kernels(quantize)
