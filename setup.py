@@ -27,10 +27,12 @@ else:
                       "run on torch's kernels", file=sys.stderr)
 
     ext_modules.append(CppExtension(
-        "sc2cli.kernels._kernels", ["sc2cli/kernels/gemv.cpp", "sc2cli/kernels/attention.cpp"],
+        "sc2cli.kernels._kernels", ["sc2cli/kernels/gemv.cpp", "sc2cli/kernels/attention.cpp",
+                                    "sc2cli/kernels/rotary.cpp"],
         # at::parallel_for runs on OpenMP only when this unit is compiled with it; at run time it shares the
         # OpenMP runtime torch has already loaded (same soname), so the two never fight over the cores.
-        extra_compile_args=["-O3", "-std=c++20", "-fopenmp"], extra_link_args=["-fopenmp"],
+        # -ffp-contract=off: a * b + c stays two roundings, as torch's separate operations (rotary.cpp's exactness).
+        extra_compile_args=["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=off"], extra_link_args=["-fopenmp"],
         optional=True))  # a failed build leaves the kernels out instead of failing the install
     cmdclass["build_ext"] = OptionalBuildExtension
 

@@ -125,10 +125,11 @@ def test_the_instruction_set_follows_torchs_dispatch_level():
 
 
 def _spy(monkeypatch, name: str) -> list:
-    """Records the instruction set of every call to kernels.`name`."""
+    """Records every call to kernels.`name`: its instruction set, or the name for a kernel that takes none."""
     calls = []
     real = getattr(kernels, name)
-    monkeypatch.setattr(kernels, name, lambda *a: calls.append(next(v for v in a if isinstance(v, str))) or real(*a))
+    monkeypatch.setattr(kernels, name,
+                        lambda *a: calls.append(next((v for v in a if isinstance(v, str)), name)) or real(*a))
     return calls
 
 
@@ -291,9 +292,9 @@ def test_decode_attention_refuses_bad_inputs_with_a_message():
 
 
 @ISA_PARAMS
-def test_a_prepared_bf16_model_decodes_attention_on_the_native_kernel(isa, tmp_path, monkeypatch):
-    """Steps past the sliding window (the mask excludes keys) through the static step, against the same model
-    with torch's attention in float32: the same numbers up to bf16 rounding, the same greedy tokens."""
+def test_a_prepared_bf16_model_decodes_attention_on_the_native_kernels(isa, tmp_path, monkeypatch):
+    """Steps past the sliding window (the mask excludes keys) through the static step, on the native rotary and
+    attention kernels, against the same model on torch's (attention in float32): the same greedy tokens."""
     isa = _isa(isa)
     from oracle import WINDOW, random_prompt, windowed_pair
 
@@ -305,12 +306,47 @@ def test_a_prepared_bf16_model_decodes_attention_on_the_native_kernel(isa, tmp_p
     model = Starcoder2ForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).prepare_for_inference()
     attention = [m for m in model.modules() if isinstance(m, Starcoder2Attention)]
     assert attention and {m.decode_attention_isa for m in attention} == {isa}
-    calls = _spy(monkeypatch, "decode_attention")
+    calls, rotations = _spy(monkeypatch, "decode_attention"), _spy(monkeypatch, "rotary_qkv")
     prompt = [random_prompt(WINDOW - 4, seed=2)]
     stop = StopConditions(token_ids=frozenset(), max_new_tokens=2 * WINDOW)
     native = generate(model, None, prompt, stop=stop, decode="static")[0]
-    assert calls and set(calls) == {isa}
+    assert calls and set(calls) == {isa} and len(rotations) == len(calls)
     for m in attention:
         m.decode_attention_isa, m.float32_decode_attention = None, True
     plain = generate(model, None, prompt, stop=stop, decode="static")[0]
     assert native.tokens == plain.tokens
+
+
+# ---- rotary embeddings ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("angle_rows", [1, 2])  # one set of angles for every row, or one per row
+def test_rotary_on_the_fused_projection_gives_torchs_numbers_bit_for_bit(dtype, angle_rows):
+    """Each product and the sum rounded as torch's separate operations round them: what lets the native decode
+    path keep the float32 contract and the bf16 model's own numbers."""
+    if not BUILT:
+        pytest.skip(f"native kernels unavailable: {kernels.unavailable_reason()}")
+    from sc2cli.model.rope import apply_rotary
+
+    gen = torch.Generator().manual_seed(angle_rows)
+    batch, length, heads, kv_heads, dim = 2, 3, 6, 2, 64
+    qkv = torch.randn(batch, length, (heads + 2 * kv_heads) * dim, generator=gen).to(dtype)
+    angles = torch.randn(angle_rows, length, dim, generator=gen) * 50
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    q, k, v = kernels.rotary_qkv(qkv, cos, sin, heads, kv_heads)
+    split = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+    q_ref, k_ref, v_ref = (t.view(batch, length, -1, dim).transpose(1, 2) for t in split)
+    assert torch.equal(q, apply_rotary(q_ref, cos, sin)) and torch.equal(k, apply_rotary(k_ref, cos, sin))
+    assert torch.equal(v, v_ref) and q.dtype == k.dtype == dtype
+
+
+def test_rotary_refuses_bad_inputs_with_a_message():
+    if not BUILT:
+        pytest.skip(f"native kernels unavailable: {kernels.unavailable_reason()}")
+    qkv, cos = torch.randn(1, 1, 10 * 8), torch.randn(1, 1, 8)
+    with pytest.raises(RuntimeError, match=r"\(heads \+ 2 kv_heads\) \* D"):
+        kernels.rotary_qkv(qkv, cos, cos, 7, 2)
+    with pytest.raises(RuntimeError, match="dtype"):
+        kernels.rotary_qkv(qkv, cos.bfloat16(), cos.bfloat16(), 6, 2)
+    with pytest.raises(RuntimeError, match="bfloat16 or float32"):
+        kernels.rotary_qkv(qkv.half(), cos.half(), cos.half(), 6, 2)

@@ -1,5 +1,5 @@
-"""sc2's native decode kernels: a few rows times bf16 or int8 weights at the memory's speed (`gemv.cpp`), and one
-query per row over the KV cache (`attention.cpp`).
+"""sc2's native decode kernels: a few rows times bf16 or int8 weights at the memory's speed (`gemv.cpp`), one query
+per row over the KV cache (`attention.cpp`) and the rotary embeddings of a step's q and k (`rotary.cpp`).
 
 They are built with the package when a C++ compiler and torch are there (setup.py) and are optional: where the
 library is missing, does not load (built against another torch) or is turned off (SC2_KERNELS=off),
@@ -80,3 +80,12 @@ def decode_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | Non
     """One query per row and head, q [B, H, D], over a bf16 or float32 cache [B, KV, L, D] (H a multiple of KV),
     with an additive mask [B or 1, L] or None, in float32: [B, H, D] in q's dtype (see attention.cpp)."""
     return _ops.decode_attention(q, keys, values, mask, scale, ISAS.index(isa))
+
+
+def rotary_qkv(qkv: Tensor, cos: Tensor, sin: Tensor, heads: int, kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The fused q/k/v projection [B, S, (H + 2 KV) * D] (bf16 or float32) -> q [B, H, S, D] and k [B, KV, S, D]
+    rotated by cos and sin [B or 1, S, D] with torch's numbers (see rotary.cpp), and v [B, KV, S, D], a view."""
+    q, k = _ops.rotary_qkv(qkv, cos, sin, heads, kv_heads)
+    batch, length, _ = qkv.shape
+    v = qkv[..., (heads + kv_heads) * q.shape[-1]:].view(batch, length, kv_heads, q.shape[-1]).transpose(1, 2)
+    return q, k, v

@@ -58,6 +58,8 @@ class Starcoder2Attention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | str | None, cache: KVCache | None) -> Tensor:
         """mask: an additive mask, `CAUSAL`, or None (attend to every key: a single decoded token)."""
         batch, length, _ = x.shape
+        if length == 1 and self.decode_attention_isa and not self.training:
+            return self._decode_natively(x, cos, sin, mask, cache)
         q, k, v = self.project_qkv(x)
         q = q.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, n, S, D)
         k = k.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, S, D)
@@ -66,10 +68,6 @@ class Starcoder2Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         causal = isinstance(mask, str)
-        if length == 1 and self.decode_attention_isa and not self.training:
-            key_mask = None if causal or mask is None else mask.reshape(mask.shape[0], mask.shape[-1])
-            out = kernels.decode_attention(q[:, :, 0], k, v, key_mask, self.scaling, self.decode_attention_isa)
-            return F.dropout(self.o_proj(out.reshape(batch, 1, -1)), p=self.residual_dropout, training=self.training)
         if length == 1 and x.device.type == "cpu" and not self.training:
             out = grouped_single_query_attention(q, k, v, None if causal else mask, self.scaling,
                                                  float32=self.float32_decode_attention)
@@ -86,17 +84,30 @@ class Starcoder2Attention(nn.Module):
         return F.dropout(self.o_proj(out), p=self.residual_dropout, training=self.training)
 
 
+    def _decode_natively(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | str | None,
+                         cache: KVCache | None) -> Tensor:
+        """One new token per row on sc2's native kernels (`prepare_for_inference` chose them): the rotary
+        embeddings on the fused projection in one call, then attention over the cache in another, where torch
+        takes some forty small operations per layer."""
+        q, k, v = kernels.rotary_qkv(self.project_fused_qkv(x), cos, sin, self.num_heads, self.num_kv_heads)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        key_mask = mask.reshape(mask.shape[0], mask.shape[-1]) if isinstance(mask, Tensor) else None
+        out = kernels.decode_attention(q[:, :, 0], k, v, key_mask, self.scaling, self.decode_attention_isa)
+        return F.dropout(self.o_proj(out.reshape(x.shape[0], 1, -1)), p=self.residual_dropout, training=self.training)
+
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if getattr(self, "qkv_kernel", None) is None and getattr(self, "qkv_weight", None) is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        kv = self.num_kv_heads * self.head_dim
+        return self.project_fused_qkv(x).split([self.num_heads * self.head_dim, kv, kv], dim=-1)
+
+    def project_fused_qkv(self, x: Tensor) -> Tensor:
+        """q, k and v side by side in the last dimension, from the fused projection (see `fuse_qkv`)."""
         kernel = getattr(self, "qkv_kernel", None)
         if kernel is not None:
-            qkv = kernel(x)
-        else:
-            fused = getattr(self, "qkv_weight", None)
-            if fused is None:
-                return self.q_proj(x), self.k_proj(x), self.v_proj(x)
-            qkv = F.linear(x, fused, getattr(self, "qkv_bias", None))
-        kv = self.num_kv_heads * self.head_dim
-        return qkv.split([self.num_heads * self.head_dim, kv, kv], dim=-1)
+            return kernel(x)
+        return F.linear(x, self.qkv_weight, self.qkv_bias)
 
     def fuse_qkv(self) -> None:
         """One matrix for q, k and v (one matmul instead of three in decode). The q/k/v parameters become views
