@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..model import linear
 from ..model.cache import KVCache
 from ..tokenizer import IncrementalDetokenizer, Tokenizer
 from .decode import GRAPH_MODES, make_step, resolve_mode
@@ -210,7 +211,7 @@ def stream(
             # One pass over the chosen token and the draft: position i predicts the token after draft[:i].
             ids_in = torch.tensor([[chosen_list[0], *draft]], dtype=torch.long, device=device)
             positions = next_position[:, None] + torch.arange(len(draft) + 1, device=device)
-            with torch.inference_mode():
+            with torch.inference_mode(), linear.decode_step():  # a few rows: the decode products (see linear.py)
                 all_logits = model(ids_in, position_ids=positions, cache=cache, tentative=True).logits[0]
             checked = process_logits(all_logits, sampling, seen[:, :width + t].expand(len(draft) + 1, -1),
                                      seen_mask[:, :width + t].expand(len(draft) + 1, -1))

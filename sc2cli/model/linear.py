@@ -52,10 +52,12 @@ def bf16_kernel(device: torch.device, dtype: torch.dtype) -> str | None:
     return "float32" if products == "onednn" and not torch.backends.mkldnn.is_available() else products
 
 
-# Decode steps at most this many rows wide go through the native kernel (one pass over the weight for all rows)
-# or, without it, stream the weight once per row (`torch.mv`) on CPUs without bf16 arithmetic; wider ones, and
-# every prompt, go through a GEMM.
+# Without the native kernel, decode steps at most this many rows wide stream the weight once per row (`torch.mv`)
+# on CPUs without bf16 arithmetic; wider ones, and every prompt, go through a GEMM.
 ROWS_PER_ROW_GEMV = 4
+# With it, decode steps and draft checks at most this many rows wide go through it: one pass over the weight per 4
+# rows (kMaxRows in gemv.cpp), each row's numbers those of a step of one row.
+NATIVE_DECODE_ROWS = 16
 # Rows per float32 GEMM on CPUs without bf16 arithmetic: always this many (the last block padded), so that a row's
 # result never depends on how many rows came with it (see `Bf16Linear`).
 FLOAT32_BLOCK = 64
@@ -105,7 +107,7 @@ class Bf16Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features)
         count = rows.shape[0]
-        if _decoding.get() and self.gemv_isa and count <= ROWS_PER_ROW_GEMV:
+        if _decoding.get() and self.gemv_isa and count <= NATIVE_DECODE_ROWS:
             out = kernels.bf16_gemv(self.weight, rows, self.gemv_isa, self.bias)
         elif _decoding.get() and (count == 1 or (self.wide == "float32" and count <= ROWS_PER_ROW_GEMV)):
             out = torch.stack([torch.mv(self.weight, row) for row in rows])
@@ -210,7 +212,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features)
-        if _decoding.get() and self.gemv_isa and rows.shape[0] <= ROWS_PER_ROW_GEMV:
+        if _decoding.get() and self.gemv_isa and rows.shape[0] <= NATIVE_DECODE_ROWS:
             out = kernels.int8_gemv(self.weight_int8, self.gemv_scale, rows, self.gemv_isa, self.bias)
             return out.reshape(*x.shape[:-1], self.out_features)
         if self.x86_packed is not None:
