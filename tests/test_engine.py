@@ -195,3 +195,22 @@ def test_eos_stops_and_special_tokens_never_reach_the_text(tokenizer):
     chunks, reason = _run(model, tokenizer, StopConditions(token_ids=frozenset({tokenizer.eos_id}), max_new_tokens=40))
     assert "".join(chunks) == "print(1)"
     assert reason == "stop"
+
+
+@pytest.mark.parametrize("raws, text, kept", [
+    (["def", " f", "():", "\n", "    return"], "def f():\n", 4),  # the cut on a token boundary: exactly its tokens
+    (["def", " f", "():", "\n\n", "x"], "def f():\n", 4),  # the cut inside "\n\n": that token made part of it
+    (["a", " =", " 1", "\n", "b"], "a = 1", 3),  # a stop string cut the rest: not counted
+    (["  ", "x"], "", 0),  # nothing kept: no tokens
+])
+def test_a_completion_counts_the_tokens_its_text_is_made_of(raws, text, kept):
+    from sc2cli.generation.engine import kept_token_count
+
+    assert kept_token_count(raws, text) == kept
+
+
+def test_a_completion_re_indented_by_a_filter_still_counts_its_tokens():
+    """Filters re-indent lines (they never add or change code or line breaks): the count follows the code."""
+    from sc2cli.generation.engine import kept_token_count
+
+    assert kept_token_count(["    if", " x", ":\n", "        y", "\n", "z"], "if x:\n    y\n") == 5

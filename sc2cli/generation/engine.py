@@ -284,8 +284,10 @@ def generate(
     slot: Slot | None = None,
 ) -> list[Completion]:
     """Collect `stream` into one `Completion` per row; `on_step` sees each step as it happens (for streaming).
-    Each completion's tokens and logprob describe exactly its text: tokens whose text a stop string or a filter
-    cut are not counted (nor then is a stop token's logprob)."""
+    Each completion's tokens and logprob are those its text is made of: tokens whose text a stop string or a
+    filter cut off whole are not counted (nor then is a stop token's logprob). A token the cut fell inside is
+    counted (it was generated and made part of the text: "\n\n" when a block ends after the first newline),
+    so the tokens' text runs past the completion's by at most the rest of that one token."""
     rows = len(prompts) * num_samples
     completions = [Completion(row=r) for r in range(rows)]
     raws: list[list[str]] = [[] for _ in range(rows)]
