@@ -163,7 +163,10 @@ def test_json_schema(json_run):
     assert model["weight_bytes"] == 2 * model["parameters"]
     assert model["bytes_per_token"] == roofline.weight_bytes_per_token(checkpoints.shape_config("tiny"), 2)
     assert model["checkpoint_written"] is True and "writing random tiny weights" in stderr
-    assert len(doc["bandwidth"]["samples"]) == 1 and doc["bandwidth"]["gbps"] > 0
+    # one bandwidth measurement just before each engine's, which that engine's roofline fractions use
+    assert len(doc["bandwidth"]["samples"]) == len(doc["engines"]) and doc["bandwidth"]["gbps"] > 0
+    assert sorted(e["samples"][0]["bandwidth_gbps"] for e in doc["engines"].values()) == sorted(
+        b["gbps"] for b in doc["bandwidth"]["samples"])
     assert doc["roofline"]["batch4_tok_s"] == pytest.approx(4 * doc["roofline"]["batch1_tok_s"])
     assert [m["key"] for m in doc["metrics"]] == METRIC_KEYS
     capped = {"sc2-avx2", "transformers-avx2"} if ABOVE_AVX2 else set()

@@ -20,9 +20,10 @@ What is measured:
   (batch 4 is the aggregate over the rows);
 - peak RSS: `ru_maxrss` right after loading and at the end of the worker, raw (the interpreter, torch and the
   peer library included), and its ratio to the weight bytes (parameters x bytes per element);
-- the machine's memory read bandwidth, in its own fresh process at the start of every round, with the same thread
-  count; each decode sample is also given as a fraction of the roofline of its round: batch b can at best make
-  b x bandwidth / bytes of weights read per step tokens per second (roofline.py says what is counted).
+- the machine's memory read bandwidth, in its own fresh process just before every engine's measurement, with the
+  same thread count; each decode sample is also given as a fraction of the roofline of that measurement: batch b
+  can at best make b x bandwidth / bytes of weights read per step tokens per second (roofline.py says what is
+  counted).
 
 The llama.cpp peers run through `llama-cpp-python` when it is importable, on GGUFs of the same weights that the
 bench exports once (checkpoints.py): `llama.cpp` at the benchmark's precision (BF16 against sc2 bfloat16), and
@@ -171,13 +172,14 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
     bandwidth: list[dict] = []
     for round_index in range(plan.repeats):
         tag = f"round {round_index + 1}/{plan.repeats}"
-        bw = _subprocess_json(["bandwidth", "--threads", str(plan.threads), "--gib", str(plan.bandwidth_gib),
-                               "--device", plan.device], plan.threads)
-        bandwidth.append(bw)
-        progress(f"{tag}: memory read bandwidth {bw['gbps']:.1f} GB/s")
         for engine, entry in engines.items():
             if not entry["available"]:
                 continue
+            # Measured just before each engine, not once a round: a shared machine's bandwidth can move by half
+            # between phases minutes apart (48 and 74 GB/s in one 3B run), and a round lasts minutes.
+            bw = _subprocess_json(["bandwidth", "--threads", str(plan.threads), "--gib", str(plan.bandwidth_gib),
+                                   "--device", plan.device], plan.threads)
+            bandwidth.append(bw)
             try:
                 sample = _subprocess_json(worker_argv(plan, engine, ggufs.get(engine)), plan.threads, engine)
             except WorkerFailed as err:
@@ -200,7 +202,8 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
             entry["samples"].append(sample)
             progress(f"{tag}: {engine}: prefill {format_value(sample.get('prefill_tok_s'), 'rate')} tok/s, decode "
                      f"{format_value(sample.get('decode_b1_tok_s'), 'rate')} tok/s (batch 1), "
-                     f"{format_value(sample.get('decode_b4_tok_s'), 'rate')} tok/s (batch 4)")
+                     f"{format_value(sample.get('decode_b4_tok_s'), 'rate')} tok/s (batch 4); bandwidth just "
+                     f"before {bw['gbps']:.1f} GB/s")
     for entry in engines.values():
         entry["summary"] = summarize(entry["samples"])
         if entry["available"] and not entry["samples"] and entry["errors"]:
@@ -219,7 +222,8 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
                   "weight_bytes": weight_bytes, "bytes_per_token": per_token, "checkpoint_written": plan.written,
                   "gguf": {engine: str(path) for engine, path in ggufs.items()}, **plan.extra},
         "bandwidth": {"gbps": bw_median, "min_gbps": min(gbps), "max_gbps": max(gbps), "samples": bandwidth,
-                      "method": "median of torch.sum passes over a float32 tensor, fresh process per round"},
+                      "method": "median of torch.sum passes over a float32 tensor, in a fresh process just before "
+                                "each engine's measurement"},
         "roofline": {"batch1_tok_s": roofline_tok_s(bw_median, per_token, 1),
                      "batch4_tok_s": roofline_tok_s(bw_median, per_token, 4)},
         "engines": engines,
