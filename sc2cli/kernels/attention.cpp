@@ -66,8 +66,11 @@ __attribute__((target("avx512f,avx512bw"))) inline __m512 exp16(__m512 x) {
 
 // The two passes over the cache, per instruction set, each a whole loop over the keys inside one function (so
 // that the vector code is inlined and pipelined, not called per key):
-// - scores[g, j] = q[g] . k[j] * scale + mask[j], or -inf for an excluded key;
-// - acc[g] += w[g, j] * v[j] over the keys that are not excluded.
+// - scores[g, j] = q[g] . k[j] * scale + mask[j], or -inf for an excluded key: a cached key is widened into
+//   registers once and used for all G query heads of its group;
+// - acc[g] += w[g, j] * v[j] over the keys that are not excluded, kBlock keys at a time: their values are widened
+//   once into a float32 block that stays in L1 while each query head adds them up in registers (its sums in the
+//   order of j, as a plain loop would add them, but with no store and reload per key).
 // A cached key or value is widened into registers once and used for all G query heads of its group.
 template <typename T>
 struct Group {
@@ -104,6 +107,9 @@ void accumulate_scalar(const Group<T>& a, const float* weights, float* acc) {
 
 // Head sizes up to kMaxChunks vectors keep a key or value in registers; other sizes take the scalar loops.
 constexpr int64_t kMaxChunks = 16;
+// Keys per block of the accumulation (kBlock x D floats: at most 32 KB), and the vector sums kept in registers.
+constexpr int64_t kBlock = 32;
+constexpr int64_t kSumRegisters = 8;
 
 template <typename T>
 __attribute__((target("avx2,fma"))) void scores_avx2(const Group<T>& a, float* scores) {
@@ -125,17 +131,31 @@ __attribute__((target("avx2,fma"))) void scores_avx2(const Group<T>& a, float* s
   }
 }
 template <typename T>
-__attribute__((target("avx2,fma"))) void accumulate_avx2(const Group<T>& a, const float* weights, float* acc) {
+__attribute__((target("avx2,fma"))) void accumulate_avx2(const Group<T>& a, const float* weights, float* acc,
+                                                         float* block) {
   const int64_t chunks = a.D / 8;
-  __m256 v[kMaxChunks];
-  for (int64_t j = 0; j < a.L; ++j) {
-    if (a.excluded(j)) continue;
-    const T* value = a.values + j * a.value_stride;
-    for (int64_t c = 0; c < chunks; ++c) v[c] = load8(value + 8 * c);
+  for (int64_t j0 = 0; j0 < a.L; j0 += kBlock) {
+    const int64_t count = std::min(kBlock, a.L - j0);
+    for (int64_t j = 0; j < count; ++j) {
+      if (a.excluded(j0 + j)) continue;
+      const T* value = a.values + (j0 + j) * a.value_stride;
+      for (int64_t c = 0; c < chunks; ++c) _mm256_storeu_ps(block + j * a.D + 8 * c, load8(value + 8 * c));
+    }
     for (int64_t g = 0; g < a.G; ++g) {
-      const __m256 w = _mm256_set1_ps(weights[g * a.L + j]);
       float* out = acc + g * a.D;
-      for (int64_t c = 0; c < chunks; ++c) _mm256_storeu_ps(out + 8 * c, _mm256_fmadd_ps(w, v[c], _mm256_loadu_ps(out + 8 * c)));
+      const float* w = weights + g * a.L + j0;
+      for (int64_t c0 = 0; c0 < chunks; c0 += kSumRegisters) {
+        const int64_t n = std::min(kSumRegisters, chunks - c0);
+        __m256 sum[kSumRegisters];
+        for (int64_t c = 0; c < n; ++c) sum[c] = _mm256_loadu_ps(out + 8 * (c0 + c));
+        for (int64_t j = 0; j < count; ++j) {
+          if (w[j] == 0.f) continue;  // (every excluded key's weight is 0, and its block row was not written)
+          const __m256 wj = _mm256_set1_ps(w[j]);
+          const float* v = block + j * a.D + 8 * c0;
+          for (int64_t c = 0; c < n; ++c) sum[c] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(v + 8 * c), sum[c]);
+        }
+        for (int64_t c = 0; c < n; ++c) _mm256_storeu_ps(out + 8 * (c0 + c), sum[c]);
+      }
     }
   }
 }
@@ -160,17 +180,31 @@ __attribute__((target("avx512f,avx512bw"))) void scores_avx512(const Group<T>& a
   }
 }
 template <typename T>
-__attribute__((target("avx512f,avx512bw"))) void accumulate_avx512(const Group<T>& a, const float* weights, float* acc) {
+__attribute__((target("avx512f,avx512bw"))) void accumulate_avx512(const Group<T>& a, const float* weights,
+                                                                   float* acc, float* block) {
   const int64_t chunks = a.D / 16;
-  __m512 v[kMaxChunks];
-  for (int64_t j = 0; j < a.L; ++j) {
-    if (a.excluded(j)) continue;
-    const T* value = a.values + j * a.value_stride;
-    for (int64_t c = 0; c < chunks; ++c) v[c] = load16(value + 16 * c);
+  for (int64_t j0 = 0; j0 < a.L; j0 += kBlock) {
+    const int64_t count = std::min(kBlock, a.L - j0);
+    for (int64_t j = 0; j < count; ++j) {
+      if (a.excluded(j0 + j)) continue;
+      const T* value = a.values + (j0 + j) * a.value_stride;
+      for (int64_t c = 0; c < chunks; ++c) _mm512_storeu_ps(block + j * a.D + 16 * c, load16(value + 16 * c));
+    }
     for (int64_t g = 0; g < a.G; ++g) {
-      const __m512 w = _mm512_set1_ps(weights[g * a.L + j]);
       float* out = acc + g * a.D;
-      for (int64_t c = 0; c < chunks; ++c) _mm512_storeu_ps(out + 16 * c, _mm512_fmadd_ps(w, v[c], _mm512_loadu_ps(out + 16 * c)));
+      const float* w = weights + g * a.L + j0;
+      for (int64_t c0 = 0; c0 < chunks; c0 += kSumRegisters) {
+        const int64_t n = std::min(kSumRegisters, chunks - c0);
+        __m512 sum[kSumRegisters];
+        for (int64_t c = 0; c < n; ++c) sum[c] = _mm512_loadu_ps(out + 16 * (c0 + c));
+        for (int64_t j = 0; j < count; ++j) {
+          if (w[j] == 0.f) continue;  // (every excluded key's weight is 0, and its block row was not written)
+          const __m512 wj = _mm512_set1_ps(w[j]);
+          const float* v = block + j * a.D + 16 * c0;
+          for (int64_t c = 0; c < n; ++c) sum[c] = _mm512_fmadd_ps(wj, _mm512_loadu_ps(v + 16 * c), sum[c]);
+        }
+        for (int64_t c = 0; c < n; ++c) _mm512_storeu_ps(out + 16 * (c0 + c), sum[c]);
+      }
     }
   }
 }
@@ -228,9 +262,10 @@ void attend(int64_t isa, const Problem<T>& p, int64_t b, int64_t kv, std::vector
                        p.keys + b * p.k_stride[0] + kv * p.k_stride[1],
                        p.values + b * p.v_stride[0] + kv * p.v_stride[1],
                        p.mask ? p.mask + (p.mask_rows == 1 ? 0 : b) * L : nullptr};
-  scratch.assign(G * L + G * D, 0.f);
+  scratch.assign(G * L + G * D + kBlock * D, 0.f);
   float* scores = scratch.data();  // [G, L]: the scores, then the softmax's weights
   float* acc = scores + G * L;     // [G, D]
+  float* block = acc + G * D;      // [kBlock, D]: values widened for the accumulation
   const int64_t width = isa == kAvx512 ? 16 : isa == kAvx2 ? 8 : 0;
   const bool vector = width && D % width == 0 && D / width <= kMaxChunks;
 
@@ -250,8 +285,8 @@ void attend(int64_t isa, const Problem<T>& p, int64_t b, int64_t kv, std::vector
     sums[g] = isa == kAvx512 ? softmax_exp_avx512(s, L, max) : isa == kAvx2 ? softmax_exp_avx2(s, L, max)
                                                                             : softmax_exp_scalar(s, L, max);
   }
-  if (vector && isa == kAvx512) accumulate_avx512(group, scores, acc);
-  else if (vector) accumulate_avx2(group, scores, acc);
+  if (vector && isa == kAvx512) accumulate_avx512(group, scores, acc, block);
+  else if (vector) accumulate_avx2(group, scores, acc, block);
   else accumulate_scalar(group, scores, acc);
   for (int64_t g = 0; g < G; ++g) {
     const float inverse = sums[g] > 0.f ? 1.f / sums[g] : 0.f;
