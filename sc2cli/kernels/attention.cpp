@@ -5,8 +5,8 @@
 // Why a kernel: torch does this as two small matmuls, a softmax and half a dozen conversions per layer. On a
 // CPU with bf16 arithmetic (measured on the ~180M shape, 640 cached tokens) the two bf16 matmuls alone took 1.7 ms
 // of a 12 ms decode step; on one without (AVX2) torch's bf16 matmul has no fast kernel at all and every cache had
-// to be copied to float32 first. Here each key and value is widened to float32 in registers as it is read, once
-// per group of query heads.
+// to be copied to float32 first. Here each cached key and value is widened to float32 once, as it is read, for
+// all the query heads of its group.
 //
 // Keys whose mask value is at or below kExcluded (the cache's masks use the dtype's minimum for slots that are
 // empty, padding or outside the sliding window) are not read: their weight would be exp(-3e38) = 0 in float32.
@@ -21,6 +21,7 @@
 #include <c10/util/Optional.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -71,7 +72,9 @@ __attribute__((target("avx512f,avx512bw"))) inline __m512 exp16(__m512 x) {
 // - acc[g] += w[g, j] * v[j] over the keys that are not excluded, kBlock keys at a time: their values are widened
 //   once into a float32 block that stays in L1 while each query head adds them up in registers (its sums in the
 //   order of j, as a plain loop would add them, but with no store and reload per key).
-// A cached key or value is widened into registers once and used for all G query heads of its group.
+// The AVX2 and AVX-512 loops are the same code at two vector widths, kept as two functions for the reason
+// gemv.cpp gives: gcc inlines intrinsics only into a function carrying their own target attribute (and one
+// built for AVX-512 may use its registers in code meant for AVX2 CPUs).
 template <typename T>
 struct Group {
   int64_t G, D, L, key_stride, value_stride;
@@ -262,10 +265,11 @@ void attend(int64_t isa, const Problem<T>& p, int64_t b, int64_t kv, std::vector
                        p.keys + b * p.k_stride[0] + kv * p.k_stride[1],
                        p.values + b * p.v_stride[0] + kv * p.v_stride[1],
                        p.mask ? p.mask + (p.mask_rows == 1 ? 0 : b) * L : nullptr};
-  scratch.assign(G * L + G * D + kBlock * D, 0.f);
-  float* scores = scratch.data();  // [G, L]: the scores, then the softmax's weights
-  float* acc = scores + G * L;     // [G, D]
-  float* block = acc + G * D;      // [kBlock, D]: values widened for the accumulation
+  scratch.resize(G * L + G * D + kBlock * D);
+  float* scores = scratch.data();  // [G, L]: the scores (every one written below), then the softmax's weights
+  float* acc = scores + G * L;     // [G, D]: the only part that must start at zero
+  float* block = acc + G * D;      // [kBlock, D]: values widened for the accumulation (written before read)
+  std::fill(acc, acc + G * D, 0.f);
   const int64_t width = isa == kAvx512 ? 16 : isa == kAvx2 ? 8 : 0;
   const bool vector = width && D % width == 0 && D / width <= kMaxChunks;
 

@@ -37,7 +37,7 @@ void rotate(const T* x, const T* cos, const T* sin, T* out, int64_t D) {
 }
 
 std::tuple<at::Tensor, at::Tensor> rotary_qkv(const at::Tensor& qkv_in, const at::Tensor& cos_in,
-                                                          const at::Tensor& sin_in, int64_t heads, int64_t kv_heads) {
+                                              const at::Tensor& sin_in, int64_t heads, int64_t kv_heads) {
   TORCH_CHECK(qkv_in.device().is_cpu() && cos_in.device().is_cpu() && sin_in.device().is_cpu(),
               "sc2 rotary_qkv: CPU tensors only");
   TORCH_CHECK(qkv_in.scalar_type() == at::kBFloat16 || qkv_in.scalar_type() == at::kFloat,

@@ -83,7 +83,6 @@ class Starcoder2Attention(nn.Module):
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
         return F.dropout(self.o_proj(out), p=self.residual_dropout, training=self.training)
 
-
     def _decode_natively(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | str | None,
                          cache: KVCache | None) -> Tensor:
         """One new token per row on sc2's native kernels (`prepare_for_inference` chose them): the rotary
