@@ -133,7 +133,8 @@ def test_the_cpu_kernels_sc2_picks_are_reported(isolated, monkeypatch, capabilit
     shown = rows(invoke(["info", "sc2-tiny"]).stdout)["cpu kernels"]
     gemm = "oneDNN bf16 GEMM" if capability.onednn_bf16 else "float32 GEMM (no bf16 arithmetic)"
     native = kernels.isa_for(capability.isa) if kernels.available() else None
-    decode = {"avx2": "sc2 AVX2 kernel", "avx512": "sc2 AVX-512 kernel", None: "mv"}[native]
+    decode = {"avx2": "sc2 AVX2 kernel", "avx512": "sc2 AVX-512 kernel", "avx512bf16": "sc2 AVX-512 BF16 kernel",
+              None: "mv"}[native]
     assert cpu["native_kernels"] == native
     assert shown == (f"bf16 by {decode} + {gemm}, "
                      f"full-range int8 {'yes' if capability.int8_vnni else 'no'} (AVX-512 VNNI)")

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .. import kernels  # (imports no torch: the library is loaded on first use)
 from . import common, output
 from .options import JsonOpt, RevisionOpt
 
@@ -120,4 +121,4 @@ def bf16_kernels(cpu: dict) -> str:
 def native_kernels(cpu: dict) -> str:
     """The decode kernel: sc2's own (sc2cli/kernels) in the instruction set it runs here, or torch's `mv`."""
     native = cpu.get("native_kernels")
-    return f"sc2 {native.upper().replace('AVX512', 'AVX-512')} kernel" if native else "mv"
+    return f"sc2 {kernels.ISA_NAMES[native]} kernel" if native else "mv"

@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import Tensor
 
-ISAS = ("scalar", "avx2", "avx512")  # the codes the library takes: 0, 1, 2
+# The codes the library takes: 0, 1, 2, 3. Levels: "avx512bf16" is the AVX-512 code plus the bf16 dot product,
+# which multiplies bf16 weights by rows that come in bf16 (rows in float32 are widened as on "avx512").
+ISAS = ("scalar", "avx2", "avx512", "avx512bf16")
+ISA_NAMES = {"scalar": "scalar", "avx2": "AVX2", "avx512": "AVX-512", "avx512bf16": "AVX-512 BF16"}
 LIBRARY = Path(__file__).with_name("_kernels.so")
 _ops = None  # torch.ops.sc2, once the library is loaded
 SWITCH = "SC2_KERNELS"  # "off": torch's kernels only (to compare, or to rule the native ones out)
@@ -52,9 +55,12 @@ def unavailable_reason() -> str | None:
 
 def isa_for(cpu_isa: str) -> str | None:
     """The kernels' instruction set for torch's CPU dispatch level ("AVX512", "AVX2", ...), or None where they have
-    no vector code (below AVX2, or not x86): torch's kernels serve there. Never one this CPU cannot run (a test
-    that pretends to be on a bigger CPU gets the biggest this one has)."""
+    no vector code (below AVX2, or not x86): torch's kernels serve there. torch's level says nothing of bf16
+    arithmetic, so at "AVX512" the CPU is asked for it. Never one this CPU cannot run (a test that pretends to be
+    on a bigger CPU gets the biggest this one has)."""
     wanted = "avx512" if cpu_isa.startswith("AVX512") else "avx2" if cpu_isa.startswith("AVX2") else None
+    if wanted == "avx512" and runs_here("avx512bf16"):
+        wanted = "avx512bf16"
     if wanted == "avx512" and not runs_here("avx512"):
         wanted = "avx2"
     return wanted if wanted and runs_here(wanted) else None

@@ -270,10 +270,10 @@ void attend(int64_t isa, const Problem<T>& p, int64_t b, int64_t kv, std::vector
   float* acc = scores + G * L;     // [G, D]: the only part that must start at zero
   float* block = acc + G * D;      // [kBlock, D]: values widened for the accumulation (written before read)
   std::fill(acc, acc + G * D, 0.f);
-  const int64_t width = isa == kAvx512 ? 16 : isa == kAvx2 ? 8 : 0;
+  const int64_t width = isa >= kAvx512 ? 16 : isa == kAvx2 ? 8 : 0;
   const bool vector = width && D % width == 0 && D / width <= kMaxChunks;
 
-  if (vector && isa == kAvx512) scores_avx512(group, scores);
+  if (vector && isa >= kAvx512) scores_avx512(group, scores);
   else if (vector) scores_avx2(group, scores);
   else scores_scalar(group, scores);
   float sums[kMaxGroup];
@@ -286,10 +286,10 @@ void attend(int64_t isa, const Problem<T>& p, int64_t b, int64_t kv, std::vector
       sums[g] = 0.f;
       continue;
     }
-    sums[g] = isa == kAvx512 ? softmax_exp_avx512(s, L, max) : isa == kAvx2 ? softmax_exp_avx2(s, L, max)
+    sums[g] = isa >= kAvx512 ? softmax_exp_avx512(s, L, max) : isa == kAvx2 ? softmax_exp_avx2(s, L, max)
                                                                             : softmax_exp_scalar(s, L, max);
   }
-  if (vector && isa == kAvx512) accumulate_avx512(group, scores, acc, block);
+  if (vector && isa >= kAvx512) accumulate_avx512(group, scores, acc, block);
   else if (vector) accumulate_avx2(group, scores, acc, block);
   else accumulate_scalar(group, scores, acc);
   for (int64_t g = 0; g < G; ++g) {

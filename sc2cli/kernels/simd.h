@@ -10,11 +10,13 @@
 
 namespace sc2 {
 
-enum Isa : int64_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+// Levels: each runs the code of the levels below it too (kAvx512Bf16 is kAvx512 plus the bf16 dot product).
+enum Isa : int64_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
 // Whether this CPU can run `isa`'s code.
 inline bool isa_supported(int64_t isa) {
   __builtin_cpu_init();
+  if (isa == kAvx512Bf16) return isa_supported(kAvx512) && __builtin_cpu_supports("avx512bf16");
   if (isa == kAvx512) return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
   if (isa == kAvx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return isa == kScalar;
