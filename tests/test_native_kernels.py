@@ -275,6 +275,25 @@ def test_decode_attention_of_each_instruction_set(isa, dtype, dim):
         assert (got.double() - exact).abs().max().item() <= bound * exact.abs().max().item()
 
 
+def test_avx512bf16_scores_a_bf16_cache_with_the_bf16_dot_product():
+    """As for the products: a bf16 subnormal in q times a large key is 2^-10 when widened, 0 in the dot product.
+    Scaled by 2^12, key 0's score is 4 against key 1's 0: weight 0.98 widened, 0.5 by the dot product. A float32
+    cache (or float32 q) is widened."""
+    isa = _isa("avx512bf16")
+    q = torch.zeros(1, 1, 64)
+    q[0, 0, 5] = 2.0 ** -130
+    keys = torch.zeros(1, 1, 2, 64)
+    keys[0, 0, 0, 5] = 2.0 ** 120
+    values = torch.zeros(1, 1, 2, 64)
+    values[0, 0, 0] = 1.0
+    def weight(q, keys, values, isa):
+        return kernels.decode_attention(q, keys, values, None, 2.0 ** 12, isa)[0, 0, 0].item()
+    widened = torch.sigmoid(torch.tensor(4.0)).item()
+    assert weight(q.bfloat16(), keys.bfloat16(), values.bfloat16(), isa) == 0.5
+    assert weight(q.bfloat16(), keys.bfloat16(), values.bfloat16(), "avx512") == pytest.approx(widened, abs=2 ** -8)
+    assert weight(q, keys, values, isa) == pytest.approx(widened, abs=1e-6)
+
+
 @ISA_PARAMS
 def test_excluded_keys_are_never_read(isa):
     """A slot the mask excludes may hold anything (an empty ring slot, another prompt's key): NaN there changes
