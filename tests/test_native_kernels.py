@@ -67,7 +67,7 @@ def _rounded_once(got: torch.Tensor, exact: torch.Tensor) -> None:
 
 
 @ISA_PARAMS
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])  # 1-2: two weight rows read at once; 3-4: one; 5, 9: passes
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])  # two weight rows read at once (AVX2: one for 3-4); 5, 9: passes
 def test_each_instruction_set_computes_the_products(isa, rows):
     isa = _isa(isa)
     x, bf16, q, scale = _case(rows)

@@ -59,9 +59,11 @@ constexpr int64_t kPrefetchBytes = 2048;
 // S weight rows are read at once, `stride` rows apart (the two halves of a thread's rows): two sequential streams
 // keep more of the memory's reads in flight than one. Measured on a Zen 5 EPYC core streaming 3B-sized bf16
 // matrices: 31 -> 35 GB/s with the bf16 dot product (4 streams: 33, 8: 29). Which rows go together never changes
-// a row's sums, so S is free to depend on M: the accumulators of S rows x M rows x kSums must fit the registers.
+// a row's sums, so S is free to depend on M and the instruction set: the accumulators of S rows x M rows x kSums
+// must fit the registers (AVX-512 has 32, AVX2 16).
+constexpr int kStreamsAvx512 = 2;
 template <int M>
-constexpr int kStreams = M <= 2 ? 2 : 1;
+constexpr int kStreamsAvx2 = M <= 2 ? 2 : 1;
 
 // block_avx2 and block_avx512 are the same loop at two vector widths. They stay two functions: gcc inlines the
 // intrinsics only into a function that carries their target attribute, so one template for both cannot be written.
@@ -163,12 +165,16 @@ void block(int64_t isa, const Problem& p, const T* w, int64_t n, int64_t stride)
 }
 
 // Weight rows n0..n1 (one thread's): the first S * part in S streams, the rest one at a time.
-template <typename T, int M>
-void rows(int64_t isa, const Problem& p, const T* w, int64_t n0, int64_t n1) {
-  constexpr int S = kStreams<M>;
+template <typename T, int M, int S>
+void rows_in_streams(int64_t isa, const Problem& p, const T* w, int64_t n0, int64_t n1) {
   const int64_t part = (n1 - n0) / S;
   for (int64_t i = 0; i < part; ++i) block<T, M, S>(isa, p, w, n0 + i, part);
   for (int64_t n = n0 + S * part; n < n1; ++n) block<T, M, 1>(isa, p, w, n, 0);
+}
+template <typename T, int M>
+void rows(int64_t isa, const Problem& p, const T* w, int64_t n0, int64_t n1) {
+  if (isa >= kAvx512) rows_in_streams<T, M, kStreamsAvx512>(isa, p, w, n0, n1);
+  else rows_in_streams<T, M, kStreamsAvx2<M>>(isa, p, w, n0, n1);
 }
 
 template <typename T>
