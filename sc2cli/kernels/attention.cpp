@@ -141,7 +141,9 @@ __attribute__((target("avx2,fma"))) void scores_avx2(const Group<T>& a, float* s
     }
   }
 }
-template <typename T>
+// N: the vector sums per pass at compile time (so that they stay in registers), or 0: at run time (see
+// sums_per_pass).
+template <typename T, int N>
 __attribute__((target("avx2,fma"))) void accumulate_avx2(const Group<T>& a, const float* weights, float* acc,
                                                          float* block) {
   const int64_t chunks = a.D / 8;
@@ -156,15 +158,18 @@ __attribute__((target("avx2,fma"))) void accumulate_avx2(const Group<T>& a, cons
       float* out = acc + g * a.D;
       const float* w = weights + g * a.L + j0;
       for (int64_t c0 = 0; c0 < chunks; c0 += kSumRegisters) {
-        const int64_t n = std::min(kSumRegisters, chunks - c0);
+        const int64_t n = N ? N : std::min(kSumRegisters, chunks - c0);
         __m256 sum[kSumRegisters];
+#pragma GCC unroll 8
         for (int64_t c = 0; c < n; ++c) sum[c] = _mm256_loadu_ps(out + 8 * (c0 + c));
         for (int64_t j = 0; j < count; ++j) {
           if (w[j] == 0.f) continue;  // (every excluded key's weight is 0, and its block row was not written)
           const __m256 wj = _mm256_set1_ps(w[j]);
           const float* v = block + j * a.D + 8 * c0;
+#pragma GCC unroll 8
           for (int64_t c = 0; c < n; ++c) sum[c] = _mm256_fmadd_ps(wj, _mm256_loadu_ps(v + 8 * c), sum[c]);
         }
+#pragma GCC unroll 8
         for (int64_t c = 0; c < n; ++c) _mm256_storeu_ps(out + 8 * (c0 + c), sum[c]);
       }
     }
@@ -263,8 +268,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void scores_avx512bf16(co
     }
   }
 }
-// N: the vector sums per pass at compile time (D / 16 when it is at most kSumRegisters, so that they stay in
-// registers), or 0: at run time.
+// N as for accumulate_avx2.
 template <typename T, int N>
 __attribute__((target("avx512f,avx512bw"))) void accumulate_avx512(const Group<T>& a, const float* weights,
                                                                    float* acc, float* block) {
@@ -345,6 +349,25 @@ void score(int64_t isa, bool vector, const Group<T>& group, float* scores) {
   else scores_scalar(group, scores);
 }
 
+// The accumulation's sums per pass, when every pass has the same count (the head size is a multiple of
+// kSumRegisters vectors, or a single pass of 4): then it is a template argument, else 0 (counted at run time).
+inline int sums_per_pass(int64_t chunks) {
+  return chunks % kSumRegisters == 0 ? kSumRegisters : chunks == 4 ? 4 : 0;
+}
+
+template <typename T>
+void accumulate(int64_t isa, const Group<T>& group, const float* weights, float* acc, float* block) {
+  const int n = sums_per_pass(group.D / (isa >= kAvx512 ? 16 : 8));
+  if (isa >= kAvx512) {
+    if (n == 8) return accumulate_avx512<T, 8>(group, weights, acc, block);
+    if (n == 4) return accumulate_avx512<T, 4>(group, weights, acc, block);
+    return accumulate_avx512<T, 0>(group, weights, acc, block);
+  }
+  if (n == 8) return accumulate_avx2<T, 8>(group, weights, acc, block);
+  if (n == 4) return accumulate_avx2<T, 4>(group, weights, acc, block);
+  accumulate_avx2<T, 0>(group, weights, acc, block);
+}
+
 template <typename T>
 struct Problem {
   int64_t H, G, D, L;
@@ -389,10 +412,7 @@ void attend(int64_t isa, const Problem<T>& p, int64_t b, int64_t kv, std::vector
     sums[g] = isa >= kAvx512 ? softmax_exp_avx512(s, L, max) : isa == kAvx2 ? softmax_exp_avx2(s, L, max)
                                                                             : softmax_exp_scalar(s, L, max);
   }
-  if (vector && isa >= kAvx512 && D == 128) accumulate_avx512<T, 8>(group, scores, acc, block);
-  else if (vector && isa >= kAvx512 && D == 64) accumulate_avx512<T, 4>(group, scores, acc, block);
-  else if (vector && isa >= kAvx512) accumulate_avx512<T, 0>(group, scores, acc, block);
-  else if (vector) accumulate_avx2(group, scores, acc, block);
+  if (vector) accumulate(isa, group, scores, acc, block);
   else accumulate_scalar(group, scores, acc);
   for (int64_t g = 0; g < G; ++g) {
     const float inverse = sums[g] > 0.f ? 1.f / sums[g] : 0.f;
