@@ -20,10 +20,11 @@ What is measured:
   (batch 4 is the aggregate over the rows);
 - peak RSS: `ru_maxrss` right after loading and at the end of the worker, raw (the interpreter, torch and the
   peer library included), and its ratio to the weight bytes (parameters x bytes per element);
-- the machine's memory read bandwidth, in its own fresh process just before every engine's measurement, with the
-  same thread count; each decode sample is also given as a fraction of the roofline of that measurement: batch b
-  can at best make b x bandwidth / bytes of weights read per step tokens per second (roofline.py says what is
-  counted).
+- the machine's memory read bandwidth, in its own fresh process before every engine's measurement and once after
+  the last, with the same thread count; each decode sample is also given as a fraction of the roofline of the
+  higher of the two measurements around it (the machine gave at least that much then; a phase change during
+  the engine's run shows in the one after): batch b can at best make b x bandwidth / bytes of weights read per
+  step tokens per second (roofline.py says what is counted).
 
 The llama.cpp peers run through `llama-cpp-python` when it is importable, on GGUFs of the same weights that the
 bench exports once (checkpoints.py): `llama.cpp` at the benchmark's precision (BF16 against sc2 bfloat16), and
@@ -170,16 +171,22 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
         if reason:
             progress(f"{peer}: {reason}")
     bandwidth: list[dict] = []
+    measured: list[tuple[dict, int]] = []  # (a sample, the index of the bandwidth measured just before it)
+
+    def measure_bandwidth() -> dict:
+        bw = _subprocess_json(["bandwidth", "--threads", str(plan.threads), "--gib", str(plan.bandwidth_gib),
+                               "--device", plan.device], plan.threads)
+        bandwidth.append(bw)
+        return bw
+
     for round_index in range(plan.repeats):
         tag = f"round {round_index + 1}/{plan.repeats}"
         for engine, entry in engines.items():
             if not entry["available"]:
                 continue
-            # Measured just before each engine, not once a round: a shared machine's bandwidth can move by half
-            # between phases minutes apart (48 and 74 GB/s in one 3B run), and a round lasts minutes.
-            bw = _subprocess_json(["bandwidth", "--threads", str(plan.threads), "--gib", str(plan.bandwidth_gib),
-                                   "--device", plan.device], plan.threads)
-            bandwidth.append(bw)
+            # Measured between engines, not once a round: a shared machine's bandwidth can move by half between
+            # phases minutes apart (40 and 74 GB/s in one 3B run), and a round lasts minutes.
+            bw = measure_bandwidth()
             try:
                 sample = _subprocess_json(worker_argv(plan, engine, ggufs.get(engine)), plan.threads, engine)
             except WorkerFailed as err:
@@ -187,13 +194,8 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
                 progress(f"{tag}: {engine} failed: {err}")
                 continue
             sample["round"] = round_index
-            sample["bandwidth_gbps"] = bw["gbps"]
-            # int8 and Q8_0 weights read about one byte per parameter (plus scales); float32 four.
-            engine_bytes = per_token // itemsize * engine_itemsize(engine, plan.dtype)
-            for batch in (1, 4):
-                rate = sample.get(f"decode_b{batch}_tok_s")
-                sample[f"roofline_b{batch}"] = (rate / roofline_tok_s(bw["gbps"], engine_bytes, batch)
-                                                if rate else None)
+            sample["engine_bytes_per_token"] = per_token // itemsize * engine_itemsize(engine, plan.dtype)
+            measured.append((sample, len(bandwidth) - 1))
             sample["rss_ratio"] = sample["rss_peak_bytes"] / weight_bytes if sample.get("rss_peak_bytes") else None
             if sample.get("rss_peak_bytes") and sample.get("rss_start_bytes"):  # what the model added to the process
                 sample["rss_added_ratio"] = (sample["rss_peak_bytes"] - sample["rss_start_bytes"]) / weight_bytes
@@ -204,6 +206,10 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
                      f"{format_value(sample.get('decode_b1_tok_s'), 'rate')} tok/s (batch 1), "
                      f"{format_value(sample.get('decode_b4_tok_s'), 'rate')} tok/s (batch 4); bandwidth just "
                      f"before {bw['gbps']:.1f} GB/s")
+    if measured:
+        measure_bandwidth()  # after the last engine
+    for sample, before in measured:
+        set_roofline(sample, bandwidth[before]["gbps"], bandwidth[before + 1]["gbps"])
     for entry in engines.values():
         entry["summary"] = summarize(entry["samples"])
         if entry["available"] and not entry["samples"] and entry["errors"]:
@@ -222,14 +228,25 @@ def run_bench(plan: BenchPlan, progress: Callable[[str], None] = lambda message:
                   "weight_bytes": weight_bytes, "bytes_per_token": per_token, "checkpoint_written": plan.written,
                   "gguf": {engine: str(path) for engine, path in ggufs.items()}, **plan.extra},
         "bandwidth": {"gbps": bw_median, "min_gbps": min(gbps), "max_gbps": max(gbps), "samples": bandwidth,
-                      "method": "median of torch.sum passes over a float32 tensor, in a fresh process just before "
-                                "each engine's measurement"},
+                      "method": "median of torch.sum passes over a float32 tensor, in a fresh process before each "
+                                "engine's measurement and after the last"},
         "roofline": {"batch1_tok_s": roofline_tok_s(bw_median, per_token, 1),
                      "batch4_tok_s": roofline_tok_s(bw_median, per_token, 4)},
         "engines": engines,
         "metrics": [{"key": k, "label": label.strip(), "kind": kind, "better": better}
                     for k, label, kind, better in METRICS],
     }
+
+
+def set_roofline(sample: dict, before_gbps: float, after_gbps: float) -> None:
+    """The sample's decode rates as fractions of the roofline at the higher bandwidth measured around it. (int8
+    and Q8_0 weights read about one byte per parameter, plus scales; float32 four: engine_bytes_per_token.)"""
+    sample["bandwidth_before_gbps"], sample["bandwidth_after_gbps"] = before_gbps, after_gbps
+    sample["bandwidth_gbps"] = max(before_gbps, after_gbps)
+    for batch in (1, 4):
+        rate = sample.get(f"decode_b{batch}_tok_s")
+        sample[f"roofline_b{batch}"] = (
+            rate / roofline_tok_s(sample["bandwidth_gbps"], sample["engine_bytes_per_token"], batch) if rate else None)
 
 
 def summarize(samples: list[dict]) -> dict:
