@@ -6,11 +6,12 @@
 // stream from memory. torch's bf16 matrix-vector kernel, capped at AVX2, streams about half of what the memory
 // gives (12 of ~22 GB/s on two cores, measured); its int8 paths round the activations to int8 too. These
 // kernels widen each weight to float32 in registers (bf16: a zero-extend and a shift, since bf16 is the top half
-// of a float32; int8: a sign-extend and a convert) and multiply with FMA, reading every weight once for all M
-// rows.
+// of a float32; int8: a sign-extend and a convert) and multiply with FMA, or, for bf16 weights and bf16 rows on a
+// CPU with AVX-512 BF16, multiply with the bf16 dot product instruction (no widening), reading every weight once
+// for all M rows.
 //
 // One function per instruction set, compiled here for each with the compiler's `target` attribute and chosen by
-// the caller at run time (sc2cli.kernels): 2 = AVX-512 (F+BW), 1 = AVX2 (+FMA), 0 = scalar C++.
+// the caller at run time (sc2cli.kernels): 3 = AVX-512 BF16, 2 = AVX-512 (F+BW), 1 = AVX2 (+FMA), 0 = scalar C++.
 //
 // Every output (m, n) is summed by one thread in the same order whatever M, the thread count or the other rows:
 // a row's numbers never depend on what came with it.
