@@ -76,8 +76,7 @@ def render_table(doc: dict) -> str:
         f"run: {settings['prompt_tokens']}-token random prompt, {settings['new_tokens']} new tokens (greedy, EOS "
         f"ignored), {settings['repeats']} round(s) alternating engines, each measurement in a fresh process",
         f"memory read bandwidth (between engines; each decode set against the higher of the two around it): "
-        f"{bw['gbps']:.1f} GB/s{bw_range}; weights read per "
-        f"decode step "
+        f"{bw['gbps']:.1f} GB/s{bw_range}; weights read per decode step "
         f"{model['bytes_per_token'] / 1e6:,.1f} MB -> roofline {doc['roofline']['batch1_tok_s']:,.0f} tok/s at "
         f"batch 1, {doc['roofline']['batch4_tok_s']:,.0f} at batch 4",
         "cells: median (min–max); ratio = sc2 median / peer median (tok/s: higher is better; s, MB: lower); "

@@ -66,6 +66,30 @@ constexpr int kStreamsAvx512 = 2;
 template <int M>
 constexpr int kStreamsAvx2 = M <= 2 ? 2 : 1;
 
+// The end of a block: each of its S x M outputs' kSums vector sums added, reduced and finished (the scalar tail
+// from `body`, scale, bias). One overload per vector width, for the reason below.
+template <typename T, int M, int S>
+__attribute__((target("avx2,fma"))) inline void finish_block(const Problem& p, const T* w, int64_t n, int64_t stride,
+                                                             int64_t body, const __m256 (&acc)[S][kSums][M]) {
+  for (int s = 0; s < S; ++s)
+    for (int m = 0; m < M; ++m) {
+      __m256 t = acc[s][0][m];
+      for (int u = 1; u < kSums; ++u) t = _mm256_add_ps(t, acc[s][u][m]);
+      finish(p, w, m, n + s * stride, body, hsum(t));
+    }
+}
+template <typename T, int M, int S>
+__attribute__((target("avx512f,avx512bw"))) inline void finish_block(const Problem& p, const T* w, int64_t n,
+                                                                     int64_t stride, int64_t body,
+                                                                     const __m512 (&acc)[S][kSums][M]) {
+  for (int s = 0; s < S; ++s)
+    for (int m = 0; m < M; ++m) {
+      __m512 t = acc[s][0][m];
+      for (int u = 1; u < kSums; ++u) t = _mm512_add_ps(t, acc[s][u][m]);
+      finish(p, w, m, n + s * stride, body, hsum(t));
+    }
+}
+
 // block_avx2 and block_avx512 are the same loop at two vector widths. They stay two functions: gcc inlines the
 // intrinsics only into a function that carries their target attribute, so one template for both cannot be written.
 template <typename T, int M, int S>
@@ -86,12 +110,7 @@ __attribute__((target("avx2,fma"))) void block_avx2(const Problem& p, const T* w
       }
     }
   }
-  for (int s = 0; s < S; ++s)
-    for (int m = 0; m < M; ++m) {
-      __m256 t = acc[s][0][m];
-      for (int u = 1; u < kSums; ++u) t = _mm256_add_ps(t, acc[s][u][m]);
-      finish(p, w, m, n + s * stride, body, hsum(t));
-    }
+  finish_block(p, w, n, stride, body, acc);
 }
 
 template <typename T, int M, int S>
@@ -113,12 +132,7 @@ __attribute__((target("avx512f,avx512bw"))) void block_avx512(const Problem& p, 
       }
     }
   }
-  for (int s = 0; s < S; ++s)
-    for (int m = 0; m < M; ++m) {
-      __m512 t = acc[s][0][m];
-      for (int u = 1; u < kSums; ++u) t = _mm512_add_ps(t, acc[s][u][m]);
-      finish(p, w, m, n + s * stride, body, hsum(t));
-    }
+  finish_block(p, w, n, stride, body, acc);
 }
 
 // AVX-512 BF16, where x came in bf16: `vdpbf16ps` multiplies 32 bf16 weights by 32 bf16 values of x and adds the
@@ -146,12 +160,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void block_avx512bf16(con
       }
     }
   }
-  for (int s = 0; s < S; ++s)
-    for (int m = 0; m < M; ++m) {
-      __m512 t = acc[s][0][m];
-      for (int u = 1; u < kSums; ++u) t = _mm512_add_ps(t, acc[s][u][m]);
-      finish(p, w, m, n + s * stride, body, hsum(t));
-    }
+  finish_block(p, w, n, stride, body, acc);
 }
 
 template <typename T, int M, int S>

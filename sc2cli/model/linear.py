@@ -36,8 +36,9 @@ GEMV_ROWS = 16
 
 
 def native_kernel_isa(device: torch.device) -> str | None:
-    """The instruction set sc2's native decode kernels run here (`kernels.ISAS`: "avx2", "avx512", "avx512bf16"), or None where they do not
-    (another device, a CPU below AVX2, or the kernels not built: `kernels.unavailable_reason`)."""
+    """The instruction set sc2's native decode kernels run here (`kernels.ISAS`: "avx2", "avx512", "avx512bf16"),
+    or None where they do not (another device, a CPU below AVX2, or the kernels not built:
+    `kernels.unavailable_reason`)."""
     if device.type != "cpu" or not kernels.available():
         return None
     return kernels.isa_for(devices.cpu_capability().isa)
