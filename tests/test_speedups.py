@@ -27,7 +27,7 @@ from sc2cli.generation.lookup import PromptLookup
 from sc2cli.model.cache import KVCache
 from sc2cli.model.linear import (GEMV_ROWS, ROWS_PER_ROW_GEMV, Bf16Linear, Int8Linear, bf16_kernel, decode_step,
                                  native_kernel_isa, quantize_int8, replacement)
-from sc2cli.model.transformer import Starcoder2Attention, Starcoder2ForCausalLM
+from sc2cli.model.transformer import Starcoder2Attention, Starcoder2ForCausalLM, grouped_attention
 
 REAL_CPU = devices.cpu_capability()
 X86_INT8 = any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm"))
@@ -319,6 +319,29 @@ def test_device_and_dtype_errors_name_the_field_not_a_flag(field, call, words, m
     assert caught.value.field == field and caught.value.exit_code == 2
     assert words in str(caught.value)
     assert "--" not in str(caught.value)
+
+
+# ---- prompt attention over grouped heads ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_repeating_kv_heads_gives_grouped_attention_its_numbers(masked):
+    """The CUDA branch of `grouped_attention` (each query head given its own copy of its kv head, where the fused
+    masked kernel takes no grouped heads), forced here: query head h must use kv head h // group."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 6, 5, 16, generator=gen)
+    k, v = torch.randn(2, 2, 9, 16, generator=gen), torch.randn(2, 2, 9, 16, generator=gen)
+    mask = None
+    if masked:  # a chunk after the first: every earlier key, then causal, with one padded key in row 1
+        mask = torch.zeros(2, 1, 5, 9)
+        mask[:, :, torch.arange(5)[:, None] < torch.arange(9)[None, :] - 4] = torch.finfo(torch.float32).min
+        mask[1, :, :, 0] = torch.finfo(torch.float32).min
+    grouped = grouped_attention(q, k, v, mask, not masked, 0.25, repeat_heads=False)
+    repeated = grouped_attention(q, k, v, mask, not masked, 0.25, repeat_heads=True)
+    expected = torch.stack([F.scaled_dot_product_attention(q[:, h], k[:, h // 3], v[:, h // 3],
+                                                           attn_mask=None if mask is None else mask[:, 0],
+                                                           is_causal=not masked, scale=0.25) for h in range(6)], 1)
+    assert (repeated - expected).abs().max().item() <= 1e-6
+    assert (grouped - expected).abs().max().item() <= 1e-6
 
 
 # ---- the static decode step ----------------------------------------------------------------------------------------

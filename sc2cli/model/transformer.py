@@ -72,14 +72,8 @@ class Starcoder2Attention(nn.Module):
             out = grouped_single_query_attention(q, k, v, None if causal else mask, self.scaling,
                                                  float32=self.float32_decode_attention)
         else:
-            out = F.scaled_dot_product_attention(
-                q, k, v,
-                attn_mask=None if causal else mask,
-                is_causal=causal and length > 1,
-                dropout_p=self.attention_dropout if self.training else 0.0,
-                scale=self.scaling,
-                enable_gqa=self.num_kv_heads != self.num_heads,
-            )
+            out = grouped_attention(q, k, v, None if causal else mask, causal and length > 1, self.scaling,
+                                    self.attention_dropout if self.training else 0.0)
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
         return F.dropout(self.o_proj(out), p=self.residual_dropout, training=self.training)
 
@@ -126,6 +120,32 @@ class Starcoder2Attention(nn.Module):
             if bias is not None:
                 p.bias = nn.Parameter(bias[start:start + rows], requires_grad=False)
             start += rows
+
+
+def grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float,
+                      dropout_p: float = 0.0, repeat_heads: bool | None = None) -> Tensor:
+    """SDPA of q (B, H, S, D) over fewer key/value heads k, v (B, KV, L, D); query head h uses kv head h // (H/KV).
+
+    `repeat_heads` (None: decided here) gives each query head its own copy of its key/value head first. That is
+    done on CUDA when a mask tensor comes (a window, padding, or a prompt's chunk after the first) and this torch's
+    memory-efficient kernel, the one fused CUDA kernel that takes a mask, does not take grouped heads (it did not
+    in every release): SDPA would otherwise fall back to its math kernel, which writes every score to memory. The
+    copy is of the chunk's keys and values only, small next to those scores."""
+    groups = q.shape[1] // k.shape[1]
+    if repeat_heads is None:
+        repeat_heads = groups > 1 and mask is not None and q.device.type == "cuda" and not _efficient_kernel_takes(
+            q, k, v, mask, dropout_p)
+    if repeat_heads and groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout_p,
+                                          scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+
+
+def _efficient_kernel_takes(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float) -> bool:
+    """Whether this torch's memory-efficient CUDA kernel takes these grouped-head inputs (torch's own check)."""
+    from torch.backends.cuda import SDPAParams, can_use_efficient_attention
+
+    return can_use_efficient_attention(SDPAParams(q, k, v, mask, dropout_p, False, True), False)
 
 
 def grouped_single_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float,
