@@ -25,8 +25,8 @@ from sc2cli.generation.decode import resolve_mode
 from sc2cli.generation.engine import StopConditions, generate, prefill
 from sc2cli.generation.lookup import PromptLookup
 from sc2cli.model.cache import KVCache
-from sc2cli.model.linear import (GEMV_ROWS, ROWS_PER_ROW_GEMV, Bf16Linear, Int8Linear, bf16_kernel, decode_step,
-                                 native_kernel_isa, quantize_int8, replacement)
+from sc2cli.model.linear import (FLOAT32_BLOCK, GEMV_ROWS, ROWS_PER_ROW_GEMV, Bf16Linear, Int8Linear, bf16_kernel,
+                                 decode_step, native_kernel_isa, quantize_int8, replacement)
 from sc2cli.model.transformer import Starcoder2Attention, Starcoder2ForCausalLM, grouped_attention
 
 REAL_CPU = devices.cpu_capability()
@@ -150,6 +150,35 @@ def test_bfloat16_model_on_each_cpu_kind_stays_within_bf16_rounding(windowed, ca
     with torch.no_grad(), decode_step():
         step = model(ids[:, :1]).logits
     assert (step.float() - plain_one.float()).abs().max().item() <= 2 ** -6 * plain_one.float().abs().max().item()
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_the_logits_head_takes_the_decode_path_for_a_prompts_last_row(windowed, quantize, monkeypatch):
+    """Only the lm_head: a prompt's last row (its logits) goes through the decode path outside decode steps, and
+    gets the numbers a decode step gives it; the decoder's products of one prompt row keep the prompt path
+    (the numbers the same row gets inside a whole prompt)."""
+    from sc2cli import kernels
+
+    _, directory = windowed
+    model = Starcoder2ForCausalLM.from_pretrained(directory, dtype=torch.bfloat16).prepare_for_inference(quantize)
+    heads = [m for m in model.modules() if getattr(m, "logits_head", False)]
+    assert heads == [model.lm_head] and isinstance(model.lm_head, (Bf16Linear, Int8Linear))
+    calls = []
+    for name in ("bf16_gemv", "int8_gemv"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, real=real, **k: calls.append(a[0].shape) or real(*a, **k))
+    gen = torch.Generator().manual_seed(7)
+    last = torch.randn(1, 1, model.config.hidden_size, generator=gen).bfloat16()
+    with decode_step():
+        in_decode = model.lm_head(last)
+    assert torch.equal(model.lm_head(last), in_decode)
+    c_fc = model.model.layers[0].mlp.c_fc
+    prompt = torch.randn(1, 3 * FLOAT32_BLOCK, c_fc.in_features, generator=gen).bfloat16()
+    alone = c_fc(prompt[:, -1:])
+    if native_kernel_isa(model.device):  # the decode step and the prompt's last row: the kernel; the c_fc row: not
+        assert [rows for rows, _ in calls] == [model.config.vocab_size] * 2
+    if quantize == "none":  # (fbgemm rounds a prompt's rows to int8 in blocks: no row has numbers of its own)
+        assert torch.equal(alone, c_fc(prompt)[:, -1:])
 
 
 def test_int8_weights_round_trip_within_half_a_step():
@@ -448,8 +477,6 @@ def test_a_prompt_row_has_the_same_numbers_alone_or_with_the_whole_prompt(wide, 
     (and so the greedy tokens) must be those of the whole prompt's evaluation. Only decode steps use `mv` or the
     native kernel. "float32-sliced": the weight upcast 100 output rows at a time (256 = 100 + 100 + 56)."""
     from sc2cli.model import linear
-    from sc2cli.model.linear import FLOAT32_BLOCK
-
     if wide == "onednn" and not (REAL_CPU.onednn_bf16 and torch.backends.mkldnn.is_available()):
         pytest.skip("this CPU has no oneDNN bf16 kernels")
     if slice_bytes:

@@ -297,6 +297,7 @@ class Starcoder2PreTrainedModel(nn.Module):
                 if isinstance(linear, nn.Linear):
                     kernel = replacement(linear.weight, linear.bias, quantize)
                     if kernel is not None:
+                        kernel.logits_head = name == "lm_head"
                         setattr(module, name, kernel)
                         kept = getattr(kernel, "weight", None)  # Bf16Linear reads the checkpoint's own weight
                         if linear.weight is not embedding and not (
