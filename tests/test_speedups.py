@@ -470,24 +470,42 @@ def test_prompt_lookup_checks_drafts_and_gives_exactly_the_greedy_tokens(pair, m
     assert draft_passes > 0, "the repeated prompt should have produced drafts"
 
 
-@pytest.mark.parametrize("wide, slice_bytes", [("float32", 8 << 20), ("float32", 100 * 128 * 4), ("onednn", None)],
-                         ids=["float32", "float32-sliced", "onednn"])
-def test_a_prompt_row_has_the_same_numbers_alone_or_with_the_whole_prompt(wide, slice_bytes, monkeypatch):
+@pytest.mark.parametrize("wide, slice_bytes, shape", [("float32", 8 << 20, (256, 128)),
+                                                       ("float32", 100 * 128 * 4, (256, 128)),
+                                                       ("float32", 8 << 20, (1536, 1024)),
+                                                       ("onednn", None, (256, 128))],
+                         ids=["float32", "float32-sliced", "float32-layer-sized", "onednn"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_prompt_row_has_the_same_numbers_alone_or_with_the_whole_prompt(wide, slice_bytes, shape, threads,
+                                                                         monkeypatch):
     """A server that reuses a cached prefix evaluates the rest of a prompt alone, often one token: its numbers
     (and so the greedy tokens) must be those of the whole prompt's evaluation. Only decode steps use `mv` or the
-    native kernel. "float32-sliced": the weight upcast 100 output rows at a time (256 = 100 + 100 + 56)."""
+    native kernel. "float32-sliced": the weight upcast 100 output rows at a time (256 = 100 + 100 + 56). The
+    float32 GEMM takes the prompt's rows padded to a multiple of 64 in one call, which relies on its giving a
+    row the same numbers for every such count: checked here against one call per block of 64, on a layer-sized
+    matrix too, at one thread and two."""
     from sc2cli.model import linear
+
     if wide == "onednn" and not (REAL_CPU.onednn_bf16 and torch.backends.mkldnn.is_available()):
         pytest.skip("this CPU has no oneDNN bf16 kernels")
     if slice_bytes:
         monkeypatch.setattr(linear, "FLOAT32_SLICE_BYTES", slice_bytes)
-    gen = torch.Generator().manual_seed(3)
-    kernel = Bf16Linear(torch.randn(256, 128, generator=gen).bfloat16(), torch.randn(256, generator=gen).bfloat16(),
-                        wide)
-    prompt = torch.randn(2 * FLOAT32_BLOCK + 5, 128, generator=gen).bfloat16()
-    whole = kernel(prompt)
-    for start, stop in ((0, 1), (7, 8), (FLOAT32_BLOCK - 1, FLOAT32_BLOCK + 3), (10, 2 * FLOAT32_BLOCK + 5)):
-        assert torch.equal(kernel(prompt[start:stop]), whole[start:stop]), (start, stop)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(3)
+        out_features, in_features = shape
+        kernel = Bf16Linear(torch.randn(out_features, in_features, generator=gen).bfloat16(),
+                            torch.randn(out_features, generator=gen).bfloat16(), wide)
+        prompt = torch.randn(4 * FLOAT32_BLOCK + 5, in_features, generator=gen).bfloat16()
+        whole = kernel(prompt)
+        blocks = torch.cat([kernel(block) for block in prompt.split(FLOAT32_BLOCK)])
+        assert torch.equal(blocks, whole)
+        for start, stop in ((0, 1), (7, 8), (FLOAT32_BLOCK - 1, FLOAT32_BLOCK + 3), (3, 12),
+                            (10, 2 * FLOAT32_BLOCK + 5), (5, 4 * FLOAT32_BLOCK + 5)):
+            assert torch.equal(kernel(prompt[start:stop]), whole[start:stop]), (start, stop)
+    finally:
+        torch.set_num_threads(before)
     with decode_step():  # the decode branch: one mv per row, batch-independent for a few rows
         one = kernel(prompt[:1])
         assert torch.equal(kernel(prompt[:1]), one)
