@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sc2cli import kernels
+from sc2cli import devices, kernels
 from sc2cli.model import linear
 from sc2cli.model.linear import NATIVE_DECODE_ROWS, Bf16Linear, Int8Linear, decode_step, quantize_int8
 
@@ -67,7 +67,9 @@ def _rounded_once(got: torch.Tensor, exact: torch.Tensor) -> None:
 
 
 @ISA_PARAMS
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])  # two weight rows read at once (AVX2: one for 3-4); 5, 9: passes
+# 1-4: one pass, two weight rows read at once (AVX2: one for 3-4); 5, 9, 23: a prompt's rows, in groups passed
+# over cache-sized blocks of weight rows (AVX2: groups of 6, with a tail)
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9, 23])
 def test_each_instruction_set_computes_the_products(isa, rows):
     isa = _isa(isa)
     x, bf16, q, scale = _case(rows)
@@ -91,9 +93,11 @@ def test_avx512bf16_multiplies_bf16_rows_with_the_bf16_dot_product():
 
 @ISA_PARAMS
 def test_a_rows_numbers_do_not_depend_on_the_other_rows_or_the_threads(isa):
-    """What lets a server evaluate a decode row alone or beside other sequences and get the same tokens."""
+    """What lets a server evaluate a decode row alone or beside other sequences, and a prompt's rows with the whole
+    prompt or alone after a cached prefix, and get the same tokens. 13 rows: a prompt's path (groups of rows
+    over blocks of 130 weight rows at K = 1001, so three blocks) against one row at a time."""
     isa = _isa(isa)
-    x, bf16, q, scale = _case(6, n=300, k=515)
+    x, bf16, q, scale = _case(13, n=300, k=1001)
     products = (lambda rows: kernels.bf16_gemv(bf16, rows, isa), lambda rows: kernels.int8_gemv(q, scale, rows, isa),
                 lambda rows: kernels.bf16_gemv(bf16, rows.bfloat16(), isa).float())
     together = [product(x) for product in products]
@@ -160,22 +164,30 @@ def _spy(monkeypatch, name: str) -> list:
 
 @ISA_PARAMS
 @pytest.mark.parametrize("rows", [1, 4, NATIVE_DECODE_ROWS])  # up to 4 rows a pass; 16 a draft check's size
-def test_bf16_linear_decodes_on_the_native_kernel(isa, rows, monkeypatch):
+@pytest.mark.parametrize("wide", ["float32", "onednn"])
+def test_bf16_linear_decodes_on_the_native_kernel(isa, rows, wide, monkeypatch):
+    """Decode steps of up to 16 rows: the kernel. A prompt's rows, and wider steps: the kernel too where the CPU
+    has no bf16 arithmetic (float32), oneDNN's bf16 GEMM where it has."""
     isa = _isa(isa)
+    if wide == "onednn" and not (devices.cpu_capability().onednn_bf16 and torch.backends.mkldnn.is_available()):
+        pytest.skip("this CPU has no oneDNN bf16 kernels")
     gen = torch.Generator().manual_seed(rows)
     weight, bias = torch.randn(96, 64, generator=gen).bfloat16(), torch.randn(96, generator=gen).bfloat16()
     x = torch.randn(rows, 1, 64, generator=gen).bfloat16()
     exact = F.linear(x.double(), weight.double(), bias.double())
     calls = _spy(monkeypatch, "bf16_gemv")
-    layer = Bf16Linear(weight, bias, "float32", isa)
+    layer = Bf16Linear(weight, bias, wide, isa)
     with decode_step():
         got = layer(x)
     assert calls == [isa] and got.dtype == torch.bfloat16
     assert (got.double() - exact).abs().max().item() <= 2 ** -7 * exact.abs().max().item()
-    layer(x)  # outside a decode step (a prompt's rows): a GEMM, never the kernel
+    prompt = layer(x)  # outside a decode step: a prompt's rows
     with decode_step():
-        layer(torch.cat([x] * (NATIVE_DECODE_ROWS // rows + 1)))  # too many rows for a few passes: a GEMM
-    assert calls == [isa]
+        wider = torch.cat([x] * (NATIVE_DECODE_ROWS // rows + 1))  # too many rows for a decode step's passes
+        layer(wider)
+    assert calls == ([isa] * 3 if wide == "float32" else [isa])
+    if wide == "float32":  # a prompt row has a decode row's numbers: the same kernel sums it
+        assert torch.equal(prompt, got)
 
 
 @ISA_PARAMS

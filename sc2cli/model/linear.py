@@ -7,7 +7,8 @@ memory. Two replacements:
   bf16 weights, used where they lie (no copy, no repacking). A decode step's few rows go through sc2's native
   kernel (`sc2cli.kernels`: bf16 weights widened in registers, float32 sums, AVX2 or AVX-512 code), or torch's
   matrix-vector product where the kernel was not built; more rows through oneDNN's bf16 GEMM where the CPU has
-  bf16 arithmetic, else through the float32 GEMM on a float32 copy made for the call. (It replaced a prepacked oneDNN
+  bf16 arithmetic, else (AVX2) through the native kernel too, or the float32 GEMM on a float32 copy made for the
+  call where the kernel was not built. (It replaced a prepacked oneDNN
   weight: measured on the ~180M shape's matrices on an AVX-512 BF16 / AMX Xeon, 2 threads, the bf16 `mv` streamed
   10.7-21 GB/s against the prepacked kernel's 8-10 at one row, `F.linear` matched it at 4 and 512 rows, and the
   repacking doubled the load time and the memory while it ran.)
@@ -61,7 +62,7 @@ ROWS_PER_ROW_GEMV = 4
 NATIVE_DECODE_ROWS = 16
 # Rows of a float32 GEMM on CPUs without bf16 arithmetic: always a multiple of this many (the rows padded), so that
 # a row's result never depends on how many rows came with it (see `Bf16Linear`).
-FLOAT32_BLOCK = 64
+FLOAT32_BLOCK = 16
 # ... and at most this many bytes of the weight are upcast to float32 at a time.
 FLOAT32_SLICE_BYTES = 8 << 20
 _decoding: contextvars.ContextVar[bool] = contextvars.ContextVar("sc2_decode_step", default=False)
@@ -98,22 +99,25 @@ class Bf16Linear(LogitsHead, nn.Module):
     (`gemv_isa`: AVX2 or AVX-512 code, one pass over the weight for up to `ROWS_PER_ROW_GEMV` rows; on AVX2 1.3x
     the bytes per second of torch's bf16 `mv`, measured), or, where it was not built, through torch's `mv`
     (bf16 weights, float32 sums), at 1.2-2x the bytes per second of oneDNN's GEMM for one row (measured on the
-    ~180M shape). Everything else goes through a GEMM chosen by the CPU (`wide`, from `devices.cpu_capability`):
+    ~180M shape). A prompt's rows go where the CPU (`wide`, from `devices.cpu_capability`) does them best:
     - "onednn": `F.linear`, oneDNN's bf16 GEMM (AVX-512 BF16, AMX, AVX-NE-CONVERT);
-    - "float32" (AVX2: no bf16 arithmetic): the float32 GEMM on a float32 copy of the weight made for that call
-      (never kept: the weight stays 16-bit in memory), the rows padded to a multiple of `FLOAT32_BLOCK`; decode
-      steps of a few rows: one `mv` per row.
+    - "float32" (AVX2: no bf16 arithmetic): the native kernel too, every row summed as a decode step sums it
+      (the kernel keeps a cache-sized block of weight rows while groups of 6 rows pass over it: 162-169
+      GFLOP/s for a ~180M layer at 512 rows, where the float32 GEMM with its upcasts made 175-181; 1.25x it
+      at 64 rows, 2.4x at 16, 6-9x for the 1-4 rows of a prompt's rest after a cached prefix). Where the
+      kernel was not built: the float32 GEMM on a float32 copy of the weight made for that call (never kept:
+      the weight stays 16-bit in memory), the rows padded to a multiple of `FLOAT32_BLOCK`; decode steps of a
+      few rows: one `mv` per row.
 
-    Why `mv` only in decode steps, and fixed blocks: the same prompt row must give the same numbers whether it
+    Why `mv` only in decode steps, and padded rows: the same prompt row must give the same numbers whether it
     is evaluated with the whole prompt or alone (a server that reuses a cached prefix evaluates only the rest,
-    often a single token). oneDNN's bf16 GEMM gives a row the same sums whatever the row count, `mv` sums in
-    another order, and the float32 GEMM (MKL's) changes its kernel for small row counts: measured, a row's
-    numbers differ between counts 1, 2, 3, 5, 6, 7 and 9 (two threads) and are the same for every multiple of
-    64 from 64 to 1,024, at 1 to 16 threads (`test_a_prompt_row_has_the_same_numbers_alone_or_with_the_whole_
-    prompt` checks it on each machine). So a prompt's rows are padded to such a multiple and multiplied in one
-    GEMM: the numbers of blocks of 64, bit for bit, in 18-20% less time than one GEMM per block (a ~180M
-    layer's products for 512 rows, capped at AVX2: 79 -> 65 ms). (The lm_head is the exception, see
-    `LogitsHead`: the decode path for a prompt's last row.)"""
+    often a single token). The native kernel and oneDNN's bf16 GEMM give a row the same sums whatever the row
+    count, `mv` sums in another order, and the float32 GEMM (MKL's) changes its kernel for small row counts:
+    measured, a row's numbers differ between counts 1, 2, 3, 5, 6, 7 and 9 (two threads) and are the same for
+    every multiple of 4 from 4 to 516, at 1 to 16 threads, with MKL's AVX, AVX2 and AVX-512 code
+    (`test_a_prompt_row_has_the_same_numbers_alone_or_with_the_whole_prompt` checks it on each machine). So
+    there a prompt's rows are padded to a multiple of 16 (a margin over 4) and multiplied in one GEMM. (The
+    lm_head is the exception, see `LogitsHead`: the decode path for a prompt's last row.)"""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, wide: str, gemv_isa: str | None = None) -> None:
         super().__init__()
@@ -129,7 +133,7 @@ class Bf16Linear(LogitsHead, nn.Module):
         rows = x.reshape(-1, self.in_features)
         count = rows.shape[0]
         few_rows = self.few_row_path()
-        if few_rows and self.gemv_isa and count <= NATIVE_DECODE_ROWS:
+        if self.gemv_isa and ((few_rows and count <= NATIVE_DECODE_ROWS) or self.wide == "float32"):
             out = kernels.bf16_gemv(self.weight, rows, self.gemv_isa, self.bias)
         elif few_rows and (count == 1 or (self.wide == "float32" and count <= ROWS_PER_ROW_GEMV)):
             out = torch.stack([torch.mv(self.weight, row) for row in rows])
