@@ -27,7 +27,8 @@ class CpuCapability:
     @property
     def bf16_products(self) -> str | None:
         """How `linear.Bf16Linear` multiplies several rows of bf16 weights here: "onednn" (bf16 arithmetic),
-        "float32" (AVX2: a float32 GEMM), or None below AVX2, where bf16 `mv` has no vector code (plain F.linear)."""
+        "float32" (AVX2, no bf16 arithmetic: float32 sums, in sc2's native kernel or, without it, a float32 GEMM),
+        or None below AVX2, where bf16 `mv` has no vector code (plain F.linear)."""
         if not self.isa.startswith(("AVX2", "AVX512")):
             return None
         return "onednn" if self.onednn_bf16 else "float32"

@@ -131,13 +131,17 @@ def test_the_cpu_kernels_sc2_picks_are_reported(isolated, monkeypatch, capabilit
     assert (cpu["capability"], cpu["onednn_bf16"], cpu["int8_vnni"]) == (
         capability.isa, capability.onednn_bf16, capability.int8_vnni)
     shown = rows(invoke(["info", "sc2-tiny"]).stdout)["cpu kernels"]
-    gemm = "oneDNN bf16 GEMM" if capability.onednn_bf16 else "float32 GEMM (no bf16 arithmetic)"
     native = kernels.isa_for(capability.isa) if kernels.available() else None
     decode = {"avx2": "sc2 AVX2 kernel", "avx512": "sc2 AVX-512 kernel", "avx512bf16": "sc2 AVX-512 BF16 kernel",
               None: "mv"}[native]
+    if capability.onednn_bf16:
+        products = f"{decode} + oneDNN bf16 GEMM"
+    elif native:  # without bf16 arithmetic a prompt's rows take the kernel too
+        products = f"{decode}, prompts too (no bf16 arithmetic)"
+    else:
+        products = f"{decode} + float32 GEMM (no bf16 arithmetic)"
     assert cpu["native_kernels"] == native
-    assert shown == (f"bf16 by {decode} + {gemm}, "
-                     f"full-range int8 {'yes' if capability.int8_vnni else 'no'} (AVX-512 VNNI)")
+    assert shown == f"bf16 by {products}, full-range int8 {'yes' if capability.int8_vnni else 'no'} (AVX-512 VNNI)"
 
 
 def test_info_says_why_the_native_kernels_are_missing(isolated, monkeypatch):
@@ -168,5 +172,5 @@ def test_render_lists_each_cuda_device():
          "versions": {"sc2cli": "0", "python": "3"}}
     shown = rows(render(r))
     assert shown["cuda:0"] == "GPU, 80.00 GiB, compute 9.0" and "cuda" not in shown
-    assert shown["cpu kernels"] == ("bf16 by sc2 AVX2 kernel + float32 GEMM (no bf16 arithmetic), full-range int8 "
+    assert shown["cpu kernels"] == ("bf16 by sc2 AVX2 kernel, prompts too (no bf16 arithmetic), full-range int8 "
                                     "no (AVX-512 VNNI)")

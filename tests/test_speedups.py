@@ -483,9 +483,9 @@ def test_a_prompt_row_has_the_same_numbers_alone_or_with_the_whole_prompt(wide, 
     """A server that reuses a cached prefix evaluates the rest of a prompt alone, often one token: its numbers
     (and so the greedy tokens) must be those of the whole prompt's evaluation. Only decode steps use `mv` or the
     native kernel. "float32-sliced": the weight upcast 100 output rows at a time (256 = 100 + 100 + 56). The
-    float32 GEMM takes the prompt's rows padded to a multiple of 64 in one call, which relies on its giving a
-    row the same numbers for every such count: checked here against one call per block of 64, on a layer-sized
-    matrix too, at one thread and two."""
+    float32 GEMM (where the native kernel is not built) takes the prompt's rows padded to a multiple of 16 in
+    one call, which relies on its giving a row the same numbers for every such count: checked here against one
+    call per block of 16, on a layer-sized matrix too, at one thread and two."""
     from sc2cli.model import linear
 
     if wide == "onednn" and not (REAL_CPU.onednn_bf16 and torch.backends.mkldnn.is_available()):

@@ -115,6 +115,8 @@ def bf16_kernels(cpu: dict) -> str:
     products = CpuCapability(str(cpu["capability"]), cpu["onednn_bf16"], cpu["int8_vnni"]).bf16_products
     if products is None:
         return "on F.linear (no AVX2)"
+    if products == "float32" and cpu.get("native_kernels"):  # a prompt's rows take the kernel too (Bf16Linear)
+        return f"by {native_kernels(cpu)}, prompts too (no bf16 arithmetic)"
     return f"by {native_kernels(cpu)} + {BF16_PRODUCTS[products]}"
 
 
