@@ -134,9 +134,12 @@ def test_the_cpu_kernels_sc2_picks_are_reported(isolated, monkeypatch, capabilit
     native = kernels.isa_for(capability.isa) if kernels.available() else None
     decode = {"avx2": "sc2 AVX2 kernel", "avx512": "sc2 AVX-512 kernel", "avx512bf16": "sc2 AVX-512 BF16 kernel",
               None: "mv"}[native]
-    if capability.onednn_bf16:
+    # Without bf16 arithmetic (AVX2), or on AVX-512 without bf16 instructions, a prompt's rows take the kernel too.
+    if native == "avx512":
+        products = f"{decode}, prompts too (no bf16 instructions)"
+    elif capability.onednn_bf16:
         products = f"{decode} + oneDNN bf16 GEMM"
-    elif native:  # without bf16 arithmetic a prompt's rows take the kernel too
+    elif native:
         products = f"{decode}, prompts too (no bf16 arithmetic)"
     else:
         products = f"{decode} + float32 GEMM (no bf16 arithmetic)"

@@ -105,18 +105,20 @@ def render(r: dict) -> str:
 
 
 BF16_PRODUCTS = {"onednn": "oneDNN bf16 GEMM", "float32": "float32 GEMM (no bf16 arithmetic)"}
+NO_BF16_ARITHMETIC = {"onednn": "no bf16 instructions", "float32": "no bf16 arithmetic"}
 
 
 def bf16_kernels(cpu: dict) -> str:
     """How bf16 weights are multiplied on this CPU: decode steps, then prompts (`CpuCapability.bf16_products`,
     model/linear.py)."""
     from ..devices import CpuCapability  # (torch comes with it: only once a report is rendered)
+    from ..model.linear import prompts_on_kernel
 
     products = CpuCapability(str(cpu["capability"]), cpu["onednn_bf16"], cpu["int8_vnni"]).bf16_products
     if products is None:
         return "on F.linear (no AVX2)"
-    if products == "float32" and cpu.get("native_kernels"):  # a prompt's rows take the kernel too (Bf16Linear)
-        return f"by {native_kernels(cpu)}, prompts too (no bf16 arithmetic)"
+    if prompts_on_kernel(products, cpu.get("native_kernels")):  # a prompt's rows take the kernel too
+        return f"by {native_kernels(cpu)}, prompts too ({NO_BF16_ARITHMETIC[products]})"
     return f"by {native_kernels(cpu)} + {BF16_PRODUCTS[products]}"
 
 

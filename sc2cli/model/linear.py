@@ -45,6 +45,14 @@ def native_kernel_isa(device: torch.device) -> str | None:
     return kernels.isa_for(devices.cpu_capability().isa)
 
 
+def prompts_on_kernel(wide: str, gemv_isa: str | None) -> bool:
+    """Whether `Bf16Linear` gives a prompt's rows to the native kernel too: where the CPU has no bf16 arithmetic
+    (`wide` "float32": AVX2) and on AVX-512 without bf16 instructions, whose bf16 GEMM oneDNN emulates (measured
+    with oneDNN capped at AVX512_CORE, a ~180M layer's four products: 149 GFLOP/s at 512 rows against the
+    kernel's 289, 78 against 230 at 16). With AVX-512 BF16 or AMX, oneDNN's GEMM stays (753 GFLOP/s there)."""
+    return gemv_isa is not None and (wide == "float32" or gemv_isa == "avx512")
+
+
 def bf16_kernel(device: torch.device, dtype: torch.dtype) -> str | None:
     """How `Bf16Linear` multiplies more than one row here ("onednn" or "float32"), or None where it does not apply
     (another device or dtype, or a CPU below AVX2, whose bf16 `mv` has no vector code)."""
@@ -100,7 +108,8 @@ class Bf16Linear(LogitsHead, nn.Module):
     the bytes per second of torch's bf16 `mv`, measured), or, where it was not built, through torch's `mv`
     (bf16 weights, float32 sums), at 1.2-2x the bytes per second of oneDNN's GEMM for one row (measured on the
     ~180M shape). A prompt's rows go where the CPU (`wide`, from `devices.cpu_capability`) does them best:
-    - "onednn": `F.linear`, oneDNN's bf16 GEMM (AVX-512 BF16, AMX, AVX-NE-CONVERT);
+    - "onednn": `F.linear`, oneDNN's bf16 GEMM (AVX-512 BF16, AMX, AVX-NE-CONVERT), except on AVX-512 without
+      bf16 instructions, where oneDNN emulates them and the native kernel is faster (`prompts_on_kernel`);
     - "float32" (AVX2: no bf16 arithmetic): the native kernel too, every row summed as a decode step sums it
       (the kernel keeps a cache-sized block of weight rows while groups of 6 rows pass over it: 162-169
       GFLOP/s for a ~180M layer at 512 rows, where the float32 GEMM with its upcasts made 175-181; 1.25x it
@@ -128,12 +137,13 @@ class Bf16Linear(LogitsHead, nn.Module):
         self.bias = bias.detach() if bias is not None else None
         self.wide = wide
         self.gemv_isa = gemv_isa  # sc2's native decode kernel, or None: torch's `mv`
+        self.prompts_on_kernel = prompts_on_kernel(wide, gemv_isa)
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features)
         count = rows.shape[0]
         few_rows = self.few_row_path()
-        if self.gemv_isa and ((few_rows and count <= NATIVE_DECODE_ROWS) or self.wide == "float32"):
+        if self.prompts_on_kernel or (few_rows and self.gemv_isa and count <= NATIVE_DECODE_ROWS):
             out = kernels.bf16_gemv(self.weight, rows, self.gemv_isa, self.bias)
         elif few_rows and (count == 1 or (self.wide == "float32" and count <= ROWS_PER_ROW_GEMV)):
             out = torch.stack([torch.mv(self.weight, row) for row in rows])
