@@ -131,7 +131,8 @@ def test_worker_prints_one_json_record(tmp_path):
     assert set(record) == set(workers.WORKER_KEYS)
     assert record["engine"] == "sc2" and record["dtype"] == "float32" and record["threads"] == 1
     assert record["prompt_tokens"] == 12 and record["new_tokens"] == 3
-    for key in ("load_s", "ttft_cold_s", "ttft_s", "prefill_s", "prefill_tok_s", "decode_b1_tok_s", "decode_b4_tok_s"):
+    for key in ("load_s", "ttft_cold_s", "ttft_s", "prefill_s", "prefill_tok_s", "tail_s", "decode_b1_tok_s",
+                "decode_b4_tok_s"):
         assert isinstance(record[key], float) and record[key] > 0, key
     assert record["prefill_tok_s"] == pytest.approx(12 / record["prefill_s"])
     assert record["decode_b4_tok_s"] == pytest.approx(4 * 2 / record["decode_b4_s"])  # 2 timed steps, 4 rows
@@ -412,6 +413,7 @@ def test_llama_cpp_columns_on_the_shipped_model(tmp_path):
     for name in ("llama.cpp", "llama.cpp-q8_0"):
         (sample,) = doc["engines"][name]["samples"]
         assert sample["decode_b1_tok_s"] > 0 and sample["prefill_tok_s"] > 0 and "AVX" in sample["build"]
+        assert sample["tail_s"] > 0
     gguf = doc["model"]["gguf"]
     assert gguf["llama.cpp"].endswith("shipped/model-bf16.gguf") and gguf["llama.cpp-q8_0"].endswith("model-q8_0.gguf")
 

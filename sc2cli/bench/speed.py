@@ -15,6 +15,10 @@ What is measured:
 - time to first token: the same, warm (the prompt is fresh random ids, so no prefix cache can help);
 - prefill tokens/s: the prompt through one call of the engine's cached forward (sc2: `engine.prefill`, chunks of
   512; transformers: one forward with `use_cache=True, logits_to_keep=1`; llama.cpp: `Llama.eval`, n_batch 512);
+- prompt tail after its cached prefix: the last 16 tokens of a prompt (a quarter of a shorter one) evaluated after
+  the rest is in the engine's cache, as a server that reuses a prompt's prefix does for an editor's next request
+  (sc2: `engine.prefill` from the prefix's end; transformers: a forward on its `past_key_values`; llama.cpp: a
+  second `Llama.eval`);
 - decode tokens/s at batch 1 and batch 4: greedy, EOS ignored, `new_tokens` per row; the clock runs from the
   first generated token to the last, so the figure counts `new_tokens - 1` decode steps per row and no prefill
   (batch 4 is the aggregate over the rows);

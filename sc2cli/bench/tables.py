@@ -19,6 +19,7 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("cold_start_s", "cold start: import + load + first token (s)", "seconds", "lower"),
     ("ttft_s", "time to first token (s)", "seconds", "lower"),
     ("prefill_tok_s", "prefill (tok/s)", "rate", "higher"),
+    ("tail_s", "prompt tail after its cached prefix (s)", "seconds", "lower"),
     ("decode_b1_tok_s", "decode, batch 1 (tok/s)", "rate", "higher"),
     ("roofline_b1", "  of bandwidth roofline", "percent", "higher"),
     ("decode_b4_tok_s", "decode, batch 4 (tok/s, all rows)", "rate", "higher"),

@@ -41,8 +41,9 @@ CAPPED_AT_AVX2 = ("sc2-avx2", "sc2-avx2-mv", "sc2-avx2-int8", "transformers-avx2
 LLAMA_CPP_ENGINES = ("llama.cpp", "llama.cpp-q8_0")
 ENGINES = (*SC2_VARIANTS, "transformers", "transformers-avx2", *LLAMA_CPP_ENGINES)
 WORKER_KEYS = ("engine", "version", "device", "dtype", "threads", "prompt_tokens", "new_tokens", "import_s",
-               "load_s", "ttft_cold_s", "ttft_s", "prefill_s", "prefill_tok_s", "decode_b1_s", "decode_b1_tok_s",
-               "decode_b4_s", "decode_b4_tok_s", "rss_start_bytes", "rss_load_bytes", "rss_peak_bytes", "build", "kernels", "notes")
+               "load_s", "ttft_cold_s", "ttft_s", "prefill_s", "prefill_tok_s", "tail_s", "decode_b1_s",
+               "decode_b1_tok_s", "decode_b4_s", "decode_b4_tok_s", "rss_start_bytes", "rss_load_bytes",
+               "rss_peak_bytes", "build", "kernels", "notes")
 
 
 @dataclass
@@ -56,6 +57,16 @@ class WorkerArgs:
     seed: int = 0
     device: str = "cpu"
     gguf: str | None = None
+
+
+# The tail of a prompt evaluated after its cached prefix: what an editor's request after a keystroke costs a server
+# that reuses the prefix (sc2 serve; llama.cpp's server; transformers' past_key_values).
+TAIL_TOKENS = 16
+
+
+def tail_tokens(prompt_tokens: int) -> int:
+    """The tail's length: TAIL_TOKENS, or a quarter of a shorter prompt."""
+    return max(1, min(TAIL_TOKENS, prompt_tokens // 4))
 
 
 def _random_prompts(rows: int, length: int, vocab: int, seed: int) -> list[list[int]]:
@@ -129,6 +140,16 @@ def measure_sc2(a: WorkerArgs, result: dict) -> None:
     result["prefill_s"] = time.perf_counter() - t
     result["prefill_tok_s"] = a.prompt_tokens / result["prefill_s"]
     del cache, logits
+
+    split = a.prompt_tokens - tail_tokens(a.prompt_tokens)
+    cache = KVCache(config, 1, a.prompt_tokens + 1, dtype=model.dtype, device=a.device)
+    prefill(model, ids[:, :split], mask[:, :split], cache)
+    synchronize(a.device)
+    t = time.perf_counter()
+    prefill(model, ids[:, split:], mask[:, split:], cache, start=split).sum().item()
+    synchronize(a.device)
+    result["tail_s"] = time.perf_counter() - t
+    del cache
 
     result["ttft_s"], times = run(prompts[2:3], no_eos)
     result["decode_b1_s"], result["decode_b1_tok_s"] = _decode_rate(times, 1)
@@ -216,6 +237,17 @@ def measure_transformers(a: WorkerArgs, result: dict) -> None:
     result["prefill_tok_s"] = a.prompt_tokens / result["prefill_s"]
     del logits
 
+    split = a.prompt_tokens - tail_tokens(a.prompt_tokens)
+    with torch.inference_mode():
+        cached = model(input_ids=ids[:, :split], use_cache=True, logits_to_keep=1).past_key_values
+        synchronize(a.device)
+        t = time.perf_counter()
+        model(input_ids=ids[:, split:], attention_mask=torch.ones_like(ids), past_key_values=cached, use_cache=True,
+              logits_to_keep=1).logits.sum().item()
+    synchronize(a.device)
+    result["tail_s"] = time.perf_counter() - t
+    del cached
+
     result["ttft_s"], times = run(prompts[2:3], a.new_tokens)
     result["decode_b1_s"], result["decode_b1_tok_s"] = _decode_rate(times, 1)
     _, times = run(prompts[2:6], a.new_tokens)
@@ -260,6 +292,12 @@ def measure_llama_cpp(a: WorkerArgs, result: dict) -> None:
     llm.eval(prompts[1])
     result["prefill_s"] = time.perf_counter() - t
     result["prefill_tok_s"] = a.prompt_tokens / result["prefill_s"]
+    split = a.prompt_tokens - tail_tokens(a.prompt_tokens)
+    llm.reset()
+    llm.eval(prompts[1][:split])
+    t = time.perf_counter()
+    llm.eval(prompts[1][split:])  # continues the context: the prefix stays in llama.cpp's KV cache
+    result["tail_s"] = time.perf_counter() - t
     result["ttft_s"], times = run(prompts[2], a.new_tokens)
     result["decode_b1_s"], result["decode_b1_tok_s"] = _decode_rate(times, 1)
     result["decode_b4_s"] = result["decode_b4_tok_s"] = None
