@@ -130,7 +130,8 @@ def grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, caus
     done on CUDA when a mask tensor comes (a window, padding, or a prompt's chunk after the first) and this torch's
     memory-efficient kernel, the one fused CUDA kernel that takes a mask, does not take grouped heads (it did not
     in every release): SDPA would otherwise fall back to its math kernel, which writes every score to memory. The
-    copy is of the chunk's keys and values only, small next to those scores."""
+    copy is of the keys and values this chunk attends to (at most the window and the chunk), small next to those
+    scores."""
     groups = q.shape[1] // k.shape[1]
     if repeat_heads is None:
         repeat_heads = groups > 1 and mask is not None and q.device.type == "cuda" and not _efficient_kernel_takes(
