@@ -72,7 +72,8 @@ tiny-model: $(STAMP)
 # PYTHONPATH): the CUDA tests against the reference, the prefill breakdown (tests/cuda_profile.py), then
 # `sc2 bench speed` on the 3B shape with a 512- and an 8,192-token prompt (the sliding window applies to the
 # second). Every step runs even when one before it failed; the files land in GPU_OUT and the exit status says
-# whether all passed. About 8 minutes on an H200, most of it writing the random 3B checkpoint and loading it.
+# whether all passed. Not yet run on a GPU: sized, by estimate, to about 8 minutes on an H200, most of it writing
+# the random 3B checkpoint and loading it in each process.
 GPU_PYTHON ?= python3
 GPU_OUT ?= gpu-check
 gpu-check:
