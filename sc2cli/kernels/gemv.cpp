@@ -207,6 +207,17 @@ void row_group(int64_t isa, const Problem& p, const T* w, int64_t n0, int64_t n1
   rows<T, R>(isa, p, w, n0, n1);
 }
 
+// A prompt's M rows over weight rows n0..n1 (one thread's): a cache-sized block of `block` weight rows at a time,
+// every group of R rows of x passed over the block while it is in cache. Only the order of the passes differs from
+// a decode step's: each output is summed as there. `problem(m0)`: the Problem of the rows from m0 on.
+template <typename T, int R, typename ProblemAt>
+void prompt_rows(int64_t isa, const ProblemAt& problem, const T* w, int64_t M, int64_t n0, int64_t n1,
+                 int64_t block) {
+  for (int64_t b0 = n0; b0 < n1; b0 += block)
+    for (int64_t m0 = 0; m0 < M; m0 += R)
+      row_group<T, R>(isa, problem(m0), w, b0, std::min(n1, b0 + block), std::min<int64_t>(R, M - m0));
+}
+
 template <typename T>
 at::Tensor gemv(const at::Tensor& weight, const at::Tensor* scale, const at::Tensor& x_in,
                 const c10::optional<at::Tensor>& bias_in, int64_t isa) {
@@ -245,25 +256,15 @@ at::Tensor gemv(const at::Tensor& weight, const at::Tensor* scale, const at::Ten
                    scale ? scale->data_ptr<float>() : nullptr, bias.defined() ? bias.data_ptr<float>() : nullptr,
                    out.data_ptr<float>() + m0 * N};
   };
-  if (M == 0) {
-    // nothing to compute
-  } else if (M <= kMaxRows) {
+  if (M > kMaxRows) {  // a prompt's rows (see prompt_rows); AVX2's 16 registers hold 6 rows' sums, not more
+    const int64_t block = std::max(kBlockRows, kBlockBytes / std::max<int64_t>(1, weight.size(1) * sizeof(T)));
+    at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+      if (isa == kAvx2) prompt_rows<T, kPromptRowsAvx2>(isa, problem, w, M, n0, n1, block);
+      else prompt_rows<T, kMaxRows>(isa, problem, w, M, n0, n1, block);
+    });
+  } else if (M > 0) {  // a decode step's rows: one pass over the weights
     at::parallel_for(0, N, grain,
                      [&](int64_t n0, int64_t n1) { row_group<T, kMaxRows>(isa, problem(0), w, n0, n1, M); });
-  } else {
-    // Many rows (a prompt): each thread takes its weight rows a cache-sized block at a time and passes every group
-    // of rows of x over the block while it is in cache. Only the order of the passes changes: each output is
-    // summed as above.
-    const int64_t block = std::max(kBlockRows, kBlockBytes / std::max<int64_t>(1, weight.size(1) * sizeof(T)));
-    const int64_t group = isa == kAvx2 ? kPromptRowsAvx2 : kMaxRows;
-    at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
-      for (int64_t b0 = n0; b0 < n1; b0 += block)
-        for (int64_t m0 = 0; m0 < M; m0 += group) {
-          const int64_t count = std::min(group, M - m0), b1 = std::min(n1, b0 + block);
-          if (isa == kAvx2) row_group<T, kPromptRowsAvx2>(isa, problem(m0), w, b0, b1, count);
-          else row_group<T, kMaxRows>(isa, problem(m0), w, b0, b1, count);
-        }
-    });
   }
   return x_in.scalar_type() == at::kFloat ? out : out.to(x_in.scalar_type());
 }
