@@ -61,6 +61,29 @@ def test_cached_logits_equal_full_forward_at_every_step(pair):
     assert cache.positions_held() == WINDOW
 
 
+def test_prefill_chunk_counts_the_tokens_of_all_rows(pair):
+    """A pass of a batch's prompt takes at most `chunk_size` tokens in all, so its activations do not grow with the
+    batch; the logits are those of one pass over the whole prompt."""
+    _, ours = pair
+    ids = torch.tensor([random_prompt(10, seed=s) for s in (4, 5, 6)])
+    mask = torch.ones_like(ids)
+    passes = []
+
+    def counting(*args, **kwargs):
+        passes.append(tuple(args[0].shape))
+        return ours(*args, **kwargs)
+
+    with torch.no_grad():
+        chunked = prefill(counting, ids, mask, KVCache(ours.config, 3, 10), chunk_size=12)
+        whole = prefill(ours, ids, mask, KVCache(ours.config, 3, 10), chunk_size=30)
+    assert passes == [(3, 4), (3, 4), (3, 2)]
+    assert torch.allclose(chunked, whole, atol=1e-5, rtol=0)
+    passes.clear()
+    with torch.no_grad():
+        prefill(counting, ids, mask, KVCache(ours.config, 3, 10), chunk_size=2)  # fewer tokens than rows
+    assert passes == [(3, 1)] * 10
+
+
 def test_ring_buffer_holds_only_the_window(pair):
     _, ours = pair
     total = 4 * WINDOW
