@@ -28,7 +28,7 @@ else:
 
     ext_modules.append(CppExtension(
         "sc2cli.kernels._kernels", ["sc2cli/kernels/gemv.cpp", "sc2cli/kernels/attention.cpp",
-                                    "sc2cli/kernels/rotary.cpp"],
+                                    "sc2cli/kernels/rotary.cpp", "sc2cli/kernels/quantize.cpp"],
         # at::parallel_for runs on OpenMP only when this unit is compiled with it; at run time it shares the
         # OpenMP runtime torch has already loaded (same soname), so the two never fight over the cores.
         # -ffp-contract=off: a * b + c stays two roundings, as torch's separate operations (rotary.cpp's exactness).

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from sc2cli import devices, kernels
 from sc2cli.model import linear
-from sc2cli.model.linear import NATIVE_DECODE_ROWS, Bf16Linear, Int8Linear, decode_step, quantize_int8
+from sc2cli.model.linear import (NATIVE_DECODE_ROWS, Bf16Linear, Int8Linear, decode_step, quantize_int8,
+                                 quantize_int8_with_torch)
 
 BUILT = kernels.available()
 
@@ -190,6 +191,29 @@ def test_bf16_linear_decodes_on_the_native_kernel(isa, rows, wide, monkeypatch):
     assert calls == ([isa] * 3 if on_kernel else [isa])
     if on_kernel:  # a prompt row has a decode row's numbers: the same kernel sums it
         assert torch.equal(prompt, got)
+
+
+@ISA_PARAMS
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_int8_quantization_has_torchs_numbers(isa, dtype):
+    """The load's native quantization against torch's operations, bit for bit: an all-zero row, quotients that
+    fall exactly halfway between two integers (ties go to the even one), subnormals, and K = 1001 (a vector body
+    and its scalar tail)."""
+    isa = _isa(isa)
+    gen = torch.Generator().manual_seed(11)
+    weight = torch.randn(37, 1001, generator=gen)
+    weight[3] = 0.0
+    weight[5, :8] = torch.tensor([127.0, 2.5, 3.5, -2.5, -0.5, 0.5, 126.5, -127.0])  # scale 1: ties at .5
+    weight[5, 8:] = 0.25
+    weight[7] *= 1e-39  # subnormal in float32 (and a zero row in 16 bits)
+    weight = weight.to(dtype)
+    q, scale = kernels.quantize_int8(weight, isa)
+    expected_q, expected_scale = quantize_int8_with_torch(weight)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32
+    assert torch.equal(scale, expected_scale)
+    assert torch.equal(q, expected_q)
+    assert q[5, :8].tolist() == [127, 2, 4, -2, 0, 0, 126, -127]
+    assert torch.equal(quantize_int8(weight)[0], expected_q)  # the load's entry point takes the kernel
 
 
 @ISA_PARAMS

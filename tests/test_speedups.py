@@ -26,7 +26,8 @@ from sc2cli.generation.engine import StopConditions, generate, prefill
 from sc2cli.generation.lookup import PromptLookup
 from sc2cli.model.cache import KVCache
 from sc2cli.model.linear import (FLOAT32_BLOCK, GEMV_ROWS, ROWS_PER_ROW_GEMV, Bf16Linear, Int8Linear, bf16_kernel,
-                                 decode_step, native_kernel_isa, quantize_int8, replacement)
+                                 decode_step, native_kernel_isa, quantize_int8, replacement,
+                                 replacements)
 from sc2cli.model.transformer import Starcoder2Attention, Starcoder2ForCausalLM, grouped_attention
 
 REAL_CPU = devices.cpu_capability()
@@ -195,13 +196,14 @@ def test_int8_weights_round_trip_within_half_a_step():
 
 
 def test_int8_quantization_by_slices_equals_the_whole_matrix_at_once(monkeypatch):
-    """The load quantizes a few rows at a time (bounded memory); each row's numbers are its own."""
+    """Where the native kernel is not built the load quantizes a few rows at a time with torch's operations
+    (bounded memory); each row's numbers are its own."""
     from sc2cli.model import linear
 
     weight = torch.randn(50, 80, generator=torch.Generator().manual_seed(1)).bfloat16()
-    whole = quantize_int8(weight)
+    whole = linear.quantize_int8_with_torch(weight)
     monkeypatch.setattr(linear, "FLOAT32_SLICE_BYTES", 7 * 80 * 4)  # 7 rows a slice: 50 = 7 * 7 + 1
-    sliced = quantize_int8(weight)
+    sliced = linear.quantize_int8_with_torch(weight)
     assert torch.equal(whole[0], sliced[0]) and torch.equal(whole[1], sliced[1])
     assert (whole[0].float() * whole[1][:, None] - weight.float()).abs().max() <= whole[1].max() / 2 + 1e-7
 
@@ -267,6 +269,22 @@ def test_int8_model_stays_close_and_cannot_be_saved(int8_branch, windowed, tmp_p
         q8.save_pretrained(tmp_path / "out")
     with pytest.raises(ValueError, match="quantize"):
         Starcoder2ForCausalLM.from_pretrained(directory, dtype=torch.float32).prepare_for_inference("int4")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_layers_built_on_several_threads_equal_those_built_one_at_a_time(dtype):
+    """The load builds int8 layers on torch's thread count at once (fbgemm packs on one core); each layer, and the
+    order they come in, must be what one thread builds."""
+    gen = torch.Generator().manual_seed(12)
+    layers = [(torch.randn(n, k, generator=gen).to(dtype), torch.randn(n, generator=gen).to(dtype) if n % 2 else None)
+              for n, k in [(48, 32), (33, 64), (64, 48), (17, 32), (40, 40)]]
+    alone = list(replacements(layers, "int8", workers=1))
+    together = list(replacements(layers, "int8", workers=3))
+    assert [type(m) for m in together] == [Int8Linear] * len(layers)
+    for (weight, _), a, b in zip(layers, alone, together):
+        x = torch.randn(40, weight.shape[1], generator=gen).to(dtype)
+        assert torch.equal(a.scale, b.scale) and torch.equal(a(x), b(x))
+        assert torch.equal(a(x[:1]), b(x[:1]))
 
 
 AVX2_KERNEL_CHECK = textwrap.dedent("""

@@ -1,5 +1,6 @@
 """sc2's native decode kernels: a few rows times bf16 or int8 weights at the memory's speed (`gemv.cpp`), one query
-per row over the KV cache (`attention.cpp`) and the rotary embeddings of a step's q and k (`rotary.cpp`).
+per row over the KV cache (`attention.cpp`) and the rotary embeddings of a step's q and k (`rotary.cpp`); and,
+at load, the int8 quantization of a weight (`quantize.cpp`).
 
 They are built with the package when a C++ compiler and torch are there (setup.py) and are optional: where the
 library is missing, does not load (built against another torch) or is turned off (SC2_KERNELS=off),
@@ -80,6 +81,12 @@ def bf16_gemv(weight: Tensor, x: Tensor, isa: str, bias: Tensor | None = None) -
 def int8_gemv(weight: Tensor, scale: Tensor, x: Tensor, isa: str, bias: Tensor | None = None) -> Tensor:
     """x [M, K] times (weight [N, K] int8 * scale [N, 1]) transposed, plus bias [N]: as `bf16_gemv`."""
     return _ops.int8_gemv(weight, scale, x, bias, ISAS.index(isa))
+
+
+def quantize_int8(weight: Tensor, isa: str) -> tuple[Tensor, Tensor]:
+    """(int8 weight, float32 per-row scale) of a bf16, float16 or float32 weight [N, K]: the numbers of
+    `linear.quantize_int8_with_torch`, bit for bit (see quantize.cpp)."""
+    return _ops.quantize_int8(weight, ISAS.index(isa))
 
 
 def decode_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, scale: float, isa: str) -> Tensor:

@@ -282,28 +282,33 @@ class Starcoder2PreTrainedModel(nn.Module):
         return self
 
     def _swap_linear_kernels(self, quantize: str) -> None:
-        from .linear import replacement
+        from .linear import replacements
 
         embedding = next((m.weight for m in self.modules() if isinstance(m, nn.Embedding)), None)
         self.inference_only = True
-        for module in list(self.modules()):
+        # (module, its attribute: None for the fused q/k/v, weight, bias) of every product, in the model's order
+        products = []
+        for module in self.modules():
             if isinstance(module, Starcoder2Attention):
-                kernel = replacement(module.qkv_weight, module.qkv_bias, quantize)
-                if kernel is not None:
-                    module.qkv_kernel = kernel
-                    module.qkv_weight = module.qkv_bias = None
-                    module.q_proj = module.k_proj = module.v_proj = None
+                products.append((module, None, module.qkv_weight, module.qkv_bias))
             for name in ("o_proj", "c_fc", "c_proj", "lm_head"):
                 linear = getattr(module, name, None)
                 if isinstance(linear, nn.Linear):
-                    kernel = replacement(linear.weight, linear.bias, quantize)
-                    if kernel is not None:
-                        kernel.logits_head = name == "lm_head"
-                        setattr(module, name, kernel)
-                        kept = getattr(kernel, "weight", None)  # Bf16Linear reads the checkpoint's own weight
-                        if linear.weight is not embedding and not (
-                                kept is not None and kept.data_ptr() == linear.weight.data_ptr()):
-                            release_checkpoint_pages([linear.weight, linear.bias])  # (a tied one is still read)
+                    products.append((module, name, linear.weight, linear.bias))
+        kernels = replacements([(weight, bias) for _, _, weight, bias in products], quantize)
+        for (module, name, weight, bias), kernel in zip(products, kernels):
+            if kernel is None:
+                continue
+            if name is None:
+                module.qkv_kernel = kernel
+                module.qkv_weight = module.qkv_bias = None
+                module.q_proj = module.k_proj = module.v_proj = None
+                continue
+            kernel.logits_head = name == "lm_head"
+            setattr(module, name, kernel)
+            kept = getattr(kernel, "weight", None)  # Bf16Linear reads the checkpoint's own weight
+            if weight is not embedding and not (kept is not None and kept.data_ptr() == weight.data_ptr()):
+                release_checkpoint_pages([weight, bias])  # (a tied one is still read)
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
