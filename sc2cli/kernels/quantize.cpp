@@ -25,17 +25,25 @@ namespace {
 using sc2::widen;  // (simd.h's, for bf16 and float32: the overload below would otherwise hide them)
 inline float widen(c10::Half v) { return static_cast<float>(v); }
 
+// A row's scale from its largest magnitude (1 for an all-zero row).
+inline float row_scale(float largest) {
+  const float scale = largest / 127.0f;
+  return scale > 0.f ? scale : 1.f;
+}
+
+// One value's byte.
+inline int8_t quantized(float value, float scale) {
+  const float v = std::nearbyint(value / scale);  // the default rounding mode: to nearest, ties to even
+  return static_cast<int8_t>(std::min(127.f, std::max(-127.f, v)));
+}
+
 // One row: its scale, and its bytes written to q.
 template <typename T>
 float quantize_row(const T* w, int64_t K, int8_t* q) {
   float largest = 0.f;
   for (int64_t k = 0; k < K; ++k) largest = std::max(largest, std::fabs(widen(w[k])));
-  float scale = largest / 127.0f;
-  if (!(scale > 0.f)) scale = 1.f;
-  for (int64_t k = 0; k < K; ++k) {
-    const float v = std::nearbyint(widen(w[k]) / scale);  // the default rounding mode: to nearest, ties to even
-    q[k] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, v)));
-  }
+  const float scale = row_scale(largest);
+  for (int64_t k = 0; k < K; ++k) q[k] = quantized(widen(w[k]), scale);
   return scale;
 }
 
@@ -49,8 +57,7 @@ __attribute__((target("avx2,fma"))) float quantize_row_avx2(const uint16_t* w, i
   _mm256_store_ps(lanes, most);
   float largest = *std::max_element(lanes, lanes + 8);
   for (int64_t j = k; j < K; ++j) largest = std::max(largest, std::fabs(widen(w[j])));
-  float scale = largest / 127.0f;
-  if (!(scale > 0.f)) scale = 1.f;
+  const float scale = row_scale(largest);
   const __m256 divisor = _mm256_set1_ps(scale), low = _mm256_set1_ps(-127.f), high = _mm256_set1_ps(127.f);
   for (k = 0; k + 8 <= K; k += 8) {
     __m256 v = _mm256_round_ps(_mm256_div_ps(load8(w + k), divisor), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -59,10 +66,7 @@ __attribute__((target("avx2,fma"))) float quantize_row_avx2(const uint16_t* w, i
     __m128i halves = _mm_packs_epi32(_mm256_castsi256_si128(whole), _mm256_extracti128_si256(whole, 1));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_packs_epi16(halves, halves));
   }
-  for (; k < K; ++k) {
-    const float v = std::nearbyint(widen(w[k]) / scale);
-    q[k] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, v)));
-  }
+  for (; k < K; ++k) q[k] = quantized(widen(w[k]), scale);
   return scale;
 }
 
